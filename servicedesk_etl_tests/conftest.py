@@ -1,0 +1,74 @@
+"""Shared fixtures: a real PostgreSQL server for the whole run, fresh databases, corpus copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from servicedesk_etl.settings import ENV_TEST_PG_DSN
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CORPUS_DIR = REPO_ROOT.parent / "shared" / "corpus"
+CORPUS_FILES = sorted(p.name for p in CORPUS_DIR.glob("*") if p.suffix in {".db", ".sqlite"})
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of the test server: `SERVICEDESK_TEST_PG_DSN`, else an embedded server for this run."""
+    given = os.environ.get(ENV_TEST_PG_DSN)
+    if given:
+        yield given
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def dsn_for_database(dsn: str, dbname: str) -> str:
+    params = {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+@pytest.fixture
+def fresh_database(pg_dsn: str) -> Iterator[str]:
+    """DSN of a new, empty database dropped after the test: isolation for tests that change schemas."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield dsn_for_database(pg_dsn, name)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def corpus_copy(tmp_path: Path):
+    """Copy a corpus file into the test's directory (the corpus itself is never opened)."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copyfile(CORPUS_DIR / name, target)
+        return target
+
+    return copy
+
+
+@pytest.fixture
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated SERVICEDESK_ETL_HOME (and DAGSTER_HOME inside it) for one test."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("SERVICEDESK_ETL_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    (home / "dagster").mkdir()
+    return home
