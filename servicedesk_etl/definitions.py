@@ -1,0 +1,20 @@
+"""The code location: assets, their checks, jobs and resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from servicedesk_etl.assets import ALL_ASSETS
+from servicedesk_etl.jobs import migration_job
+from servicedesk_etl.resources import GateSettings, PostgresTarget, SnapshotResource
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    jobs=[migration_job],
+    resources={
+        "snapshot": SnapshotResource(),
+        "target": PostgresTarget(),
+        "gates": GateSettings(),
+        "io_manager": dg.FilesystemIOManager(),
+    },
+)

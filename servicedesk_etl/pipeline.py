@@ -1,0 +1,450 @@
+"""The five steps of the migration as plain functions: each does its work and evaluates its gates.
+
+The Dagster assets, the CLI sub-commands and the tests all call these; none of them decides
+anything a step does not decide here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from servicedesk_etl.dsn import scrub
+from servicedesk_etl.errors import TargetUnreachable
+from servicedesk_etl.gates import GateResult
+from servicedesk_etl.profiling.plan import Plan
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[str, int, int], None]
+HealthCheck = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Every threshold a gate applies, in one place (the Dagster resource and the CLI fill it in)."""
+
+    min_type_confidence: float = 0.95
+    max_unconvertible_share: float = 0.20
+    min_quality_score: float = 80.0
+    canary_percent: float = 10.0
+    keep_versions: int = 3
+    load_workers: int = 2
+    day_first_default: bool = True
+    duplicate_policy: str = "keep_first"
+    check_every_rows: int = 10_000
+    min_free_disk_bytes: int = 256 * 2**20
+    min_available_memory_bytes: int = 256 * 2**20
+    run_dry_run: bool = True
+
+
+@dataclass(frozen=True)
+class StepOutcome(Generic[T]):
+    """What a step produced, the gates it evaluated, and figures worth showing beside it."""
+
+    artifact: T
+    gates: tuple[GateResult, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BackupArtifact:
+    source: Path
+    source_sha256: str
+    path: Path
+    sha256: str
+    row_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ProfileArtifact:
+    source: Path
+    plan_path: Path
+    report_path: Path
+    quality_score: float
+    dimensions: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CleanedArtifact:
+    path: Path
+    plan_path: Path
+    source_sha256: str
+    rows: dict[str, int]
+    quality_score: float
+
+
+@dataclass(frozen=True)
+class SchemaArtifact:
+    schema: str
+    rows: dict[str, int]
+    live: bool
+    previous_live: str | None = None
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg.Connection:
+    """A connection, or TargetUnreachable with the password scrubbed from PostgreSQL's message."""
+    try:
+        return psycopg.connect(dsn, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as error:
+        message = scrub(str(error).strip().splitlines()[0] if str(error).strip() else repr(error), dsn)
+        raise TargetUnreachable(f"PostgreSQL is unreachable: {message}") from None
+
+
+def elapsed_since(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
+def read_plan(path: Path) -> Plan:
+    return Plan.read(path)
+
+
+# --- step 1: sqlite_backup -------------------------------------------------------------------
+
+
+def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings) -> StepOutcome[BackupArtifact | None]:
+    """Preflight, then a verified online-API backup of the snapshot (the copy every later step reads)."""
+    from servicedesk_etl.backup import backup_sqlite, verify_backup
+    from servicedesk_etl.preflight import run_preflight
+
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = run_preflight(source, dsn, work_dirs=[run_dir])
+    preflight = GateResult(
+        "preflight",
+        passed=report.status != "fail",
+        summary=_preflight_summary(report),
+        metadata={"status": report.status, "checks": [_plain(check) for check in report.checks]},
+    )
+    if not preflight.passed:
+        return StepOutcome(None, (preflight,), seconds=elapsed_since(start))
+    backup = backup_sqlite(source, run_dir / "backup")
+    verification = verify_backup(source, backup.path)
+    verified = GateResult(
+        "backup_verified",
+        passed=verification.ok,
+        summary="backup matches the snapshot" if verification.ok else _failed_checks(verification.checks),
+        metadata={"backup": str(backup.path), "sha256": backup.sha256, "row_counts": dict(verification.row_counts),
+                  "checks": [_plain(check) for check in verification.checks]},
+    )
+    artifact = BackupArtifact(source, backup.source_sha256, backup.path, backup.sha256, dict(verification.row_counts))
+    return StepOutcome(artifact, (preflight, verified), {"rows": sum(artifact.row_counts.values())}, elapsed_since(start))
+
+
+def _preflight_summary(report: Any) -> str:
+    failing = [check for check in report.checks if check.status != "pass"]
+    if not failing:
+        return f"all {len(report.checks)} preflight checks passed"
+    return "; ".join(f"{check.name}: {check.status} ({check.advice or check.measured})" for check in failing)
+
+
+def _failed_checks(checks: Any) -> str:
+    return "; ".join(f"{check.name}: {getattr(check, 'detail', '')}" for check in checks if not check.ok)
+
+
+def _plain(value: Any) -> Any:
+    """A frozen dataclass (or anything nested) as JSON-able data."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# --- step 2: profile_report ------------------------------------------------------------------
+
+
+def profile_step(
+    source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings
+) -> StepOutcome[ProfileArtifact]:
+    """Infer the plan from the values, score the snapshot, dry-run the plan, and gate on confidence."""
+    from servicedesk_etl.profiling.infer import ProfileSettings, profile_database
+    from servicedesk_etl.profiling.score import score_quality, sqlite_source
+    from servicedesk_etl.reports import write_profile_report
+
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan = profile_database(source, ProfileSettings(day_first_default=settings.day_first_default))
+    plan_path = plan.write(run_dir / "plan.json")
+    score = score_quality(sqlite_source(source), plan)
+    gates = [type_confidence_gate(plan, settings), circuit_breaker_gate(plan, settings)]
+    if settings.run_dry_run and dsn is not None:
+        gates.append(dry_run_gate(source, plan, dsn))
+    gates.append(quality_score_gate(score, settings))
+    report_path = write_profile_report(plan, gates, score, run_dir / "profile_report.md")
+    artifact = ProfileArtifact(source, plan_path, report_path, score.score, dict(score.dimensions))
+    metadata = {
+        "tables": len(plan.tables),
+        "columns": sum(len(table.columns) for table in plan.tables),
+        "rows": sum(table.row_count for table in plan.tables),
+        "plan": str(plan_path),
+        "report": str(report_path),
+        "quality_score": score.score,
+    }
+    return StepOutcome(artifact, tuple(gates), metadata, elapsed_since(start))
+
+
+def type_confidence_gate(plan: Plan, settings: PipelineSettings) -> GateResult:
+    columns = [(table, column) for table in plan.tables for column in table.columns]
+    failing = [
+        {"table": table.name, "column": column.name, "target_type": column.target_type,
+         "confidence": round(column.confidence, 4), "counterexamples": list(column.profile.counterexamples)}
+        for table, column in columns
+        if column.confidence < settings.min_type_confidence
+    ]
+    lowest = min((column.confidence for _, column in columns), default=1.0)
+    summary = (
+        f"every one of {len(columns)} columns converts at >= {settings.min_type_confidence:.0%} (lowest {lowest:.2%})"
+        if not failing
+        else f"{len(failing)} column(s) below {settings.min_type_confidence:.0%}: "
+        + ", ".join(f"{f['table']}.{f['column']} {f['confidence']:.2%}" for f in failing[:5])
+    )
+    return GateResult(
+        "type_confidence",
+        passed=not failing,
+        summary=summary,
+        metadata={"columns": len(columns), "lowest_confidence": round(lowest, 4),
+                  "threshold": settings.min_type_confidence, "failing_columns": failing},
+    )
+
+
+def circuit_breaker_gate(plan: Plan, settings: PipelineSettings) -> GateResult:
+    tripped = []
+    worst = 0.0
+    for table in plan.tables:
+        for column in table.columns:
+            attempted = column.profile.convertible + column.profile.unconvertible
+            share = column.profile.unconvertible / attempted if attempted else 0.0
+            worst = max(worst, share)
+            if share > settings.max_unconvertible_share:
+                tripped.append({"table": table.name, "column": column.name, "unconvertible_share": round(share, 4),
+                                "counterexamples": list(column.profile.counterexamples)})
+    summary = (
+        f"no column is more than {settings.max_unconvertible_share:.0%} unconvertible (worst {worst:.2%})"
+        if not tripped
+        else "halted: " + ", ".join(f"{t['table']}.{t['column']} {t['unconvertible_share']:.0%} unconvertible" for t in tripped[:5])
+    )
+    return GateResult(
+        "circuit_breaker",
+        passed=not tripped,
+        summary=summary,
+        metadata={"worst_unconvertible_share": round(worst, 4), "threshold": settings.max_unconvertible_share,
+                  "tripped_columns": tripped},
+    )
+
+
+def dry_run_gate(source: Path, plan: Plan, dsn: str) -> GateResult:
+    from servicedesk_etl.dryrun import dry_run
+
+    report = dry_run(source, plan, dsn)
+    return GateResult(
+        "dry_run",
+        passed=report.ok,
+        summary=report.summary,
+        metadata=_plain(report),
+    )
+
+
+def quality_score_gate(score: Any, settings: PipelineSettings) -> GateResult:
+    return GateResult(
+        "quality_score",
+        passed=score.score >= settings.min_quality_score,
+        summary=f"snapshot scores {score.score:.1f}/100 ({score.grade})",
+        metadata={"score": score.score, "grade": score.grade, "dimensions": dict(score.dimensions)},
+        blocking=False,
+    )
+
+
+# --- step 3: cleaned_db ----------------------------------------------------------------------
+
+
+def clean_step(
+    source: Path,
+    plan_path: Path,
+    output: Path,
+    *,
+    score_before: float,
+    settings: PipelineSettings,
+    progress: Progress | None = None,
+    health_check: HealthCheck | None = None,
+    force: bool = False,
+) -> StepOutcome[CleanedArtifact]:
+    """Execute the plan into a new SQLite file and gate on quality, reconciliation and an untouched source."""
+    from servicedesk_etl.cleaning import CleanSettings, clean_snapshot
+    from servicedesk_etl.profiling.score import score_quality, sqlite_source
+
+    start = time.perf_counter()
+    plan = read_plan(plan_path)
+    result = clean_snapshot(
+        source,
+        plan,
+        output,
+        settings=CleanSettings(duplicate_policy=settings.duplicate_policy, check_every_rows=settings.check_every_rows),
+        progress=progress,
+        health_check=health_check,
+        force=force,
+    )
+    after = score_quality(sqlite_source(result.output), plan)
+    unbalanced = [_plain(entry) for entry in result.reconciliation if not entry.balanced]
+    gates = (
+        GateResult(
+            "quality_gate",
+            passed=after.score >= settings.min_quality_score,
+            summary=f"cleaned file scores {after.score:.1f}/100 ({after.grade}); threshold {settings.min_quality_score:g}",
+            metadata={"score": after.score, "grade": after.grade, "threshold": settings.min_quality_score,
+                      "dimensions_after": dict(after.dimensions)},
+        ),
+        GateResult(
+            "source_unchanged",
+            passed=result.source_unchanged,
+            summary="source checksum identical before and after" if result.source_unchanged
+            else "the source file changed while it was cleaned",
+            metadata={"sha256_before": result.source_sha256_before, "sha256_after": result.source_sha256_after},
+        ),
+        GateResult(
+            "quality_improved",
+            passed=after.score >= score_before,
+            summary=f"score {score_before:.1f} -> {after.score:.1f} ({after.score - score_before:+.1f})",
+            metadata={"before": score_before, "after": after.score, "gain": round(after.score - score_before, 3)},
+        ),
+        GateResult(
+            "cells_reconciled",
+            passed=result.reconciled,
+            summary=f"every non-null source cell accounted for in {len(result.reconciliation)} columns"
+            if result.reconciled
+            else f"{len(unbalanced)} column(s) do not balance",
+            metadata={"columns": len(result.reconciliation), "unbalanced": unbalanced[:20],
+                      "quarantined_cells": result.quarantined_cells, "nulled_cells": result.nulled_cells,
+                      "converted_cells": result.converted_cells,
+                      "duplicates_removed": dict(result.duplicates_removed)},
+        ),
+    )
+    artifact = CleanedArtifact(result.output, plan_path, result.source_sha256_before, dict(result.rows_out), after.score)
+    metadata = {
+        "rows": sum(result.rows_out.values()),
+        "rows_per_table": dict(result.rows_out),
+        "quarantined_cells": result.quarantined_cells,
+        "converted_cells": result.converted_cells,
+        "nulled_cells": result.nulled_cells,
+        "quality_score": after.score,
+        "path": str(result.output),
+    }
+    return StepOutcome(artifact, gates, metadata, elapsed_since(start))
+
+
+# --- steps 4 and 5: canary_schema, production_schema -----------------------------------------
+
+
+def load_gates(prefix: str, cleaned: CleanedArtifact, plan: Plan, dsn: str, schema: str,
+               sample_percent: float | None) -> list[GateResult]:
+    """Types, reconciliation and dashboard queries of a loaded schema against the cleaned file."""
+    from servicedesk_etl.query_templates import run_query_templates
+    from servicedesk_etl.reconcile import reconcile_schema
+
+    report = reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=sample_percent)
+    queries = run_query_templates(dsn, schema)
+    failed_queries = [run for run in queries if run.ok is False]
+    type_problems = [_plain(problem) for problem in report.type_mismatches]
+    return [
+        GateResult(
+            f"{prefix}_types",
+            passed=not type_problems,
+            summary="every column has its planned PostgreSQL type" if not type_problems
+            else f"{len(type_problems)} column(s) without their planned type",
+            metadata={"mismatches": type_problems},
+        ),
+        GateResult(
+            f"{prefix}_reconciled",
+            passed=report.ok,
+            summary=report.summary,
+            metadata=_plain(report.to_metadata()),
+        ),
+        GateResult(
+            f"{prefix}_queries",
+            passed=not failed_queries,
+            summary=f"{sum(1 for run in queries if run.ok)} dashboard queries ran"
+            + (f"; {len(failed_queries)} failed: " + ", ".join(run.name for run in failed_queries) if failed_queries else ""),
+            metadata={"queries": [_plain(run) for run in queries]},
+        ),
+    ]
+
+
+def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: PipelineSettings,
+                progress: Progress | None = None) -> StepOutcome[SchemaArtifact]:
+    """Load a deterministic sample into a canary schema; drop it when its gates pass, keep it when not."""
+    from servicedesk_etl.cutover import drop_leftovers
+    from servicedesk_etl.loading import canary_schema_name, load_schema
+
+    start = time.perf_counter()
+    plan = read_plan(cleaned.plan_path)
+    dropped = drop_leftovers(dsn)
+    schema = canary_schema_name(run_id)
+    drop_schema(dsn, schema)
+    load = load_schema(cleaned.path, plan, dsn, schema, sample_percent=settings.canary_percent,
+                       max_workers=settings.load_workers, progress=progress)
+    gates = load_gates("canary", cleaned, plan, dsn, schema, settings.canary_percent)
+    passed = not any(gate.stops_the_run for gate in gates)
+    if passed:
+        drop_schema(dsn, schema)
+    rows = {entry.table: entry.rows for entry in load.tables}
+    metadata = {"schema": schema, "rows": load.rows, "rows_per_table": rows, "kept_for_inspection": not passed,
+                "leftovers_dropped": dropped, "load_seconds": load.seconds}
+    return StepOutcome(SchemaArtifact(schema, rows, live=False), tuple(gates), metadata, elapsed_since(start))
+
+
+def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSettings,
+                    progress: Progress | None = None) -> StepOutcome[SchemaArtifact]:
+    """Load everything into a new version schema; only when its gates pass, back up the live schema and cut over."""
+    from servicedesk_etl.cutover import promote, register_version
+    from servicedesk_etl.loading import load_schema, version_schema_name
+    from servicedesk_etl.profiling.score import postgres_source, score_quality
+
+    start = time.perf_counter()
+    plan = read_plan(cleaned.plan_path)
+    schema = version_schema_name()
+    load = load_schema(cleaned.path, plan, dsn, schema, max_workers=settings.load_workers, progress=progress)
+    rows = {entry.table: entry.rows for entry in load.tables}
+    register_version(dsn, schema, source_sha256=cleaned.source_sha256, row_counts=rows)
+    gates = load_gates("production", cleaned, plan, dsn, schema, None)
+    loaded = score_quality(postgres_source(dsn, schema), plan)
+    gates.append(
+        GateResult(
+            "production_quality",
+            passed=loaded.score >= cleaned.quality_score,
+            summary=f"loaded data scores {loaded.score:.1f} vs cleaned file {cleaned.quality_score:.1f}",
+            metadata={"score": loaded.score, "cleaned_score": cleaned.quality_score,
+                      "dimensions": dict(loaded.dimensions)},
+        )
+    )
+    metadata: dict[str, Any] = {"schema": schema, "rows": load.rows, "rows_per_table": rows,
+                                "load_seconds": load.seconds,
+                                "rows_per_second": round(load.rows / load.seconds) if load.seconds else None}
+    if any(gate.stops_the_run for gate in gates):
+        metadata["live"] = False
+        return StepOutcome(SchemaArtifact(schema, rows, live=False), tuple(gates), metadata, elapsed_since(start))
+    cutover = promote(dsn, schema, keep=settings.keep_versions)
+    metadata.update({"live": True, "previous_live": cutover.previous_version, "dropped_versions": list(cutover.dropped)})
+    artifact = SchemaArtifact(schema, rows, live=True, previous_live=cutover.previous_version)
+    return StepOutcome(artifact, tuple(gates), metadata, elapsed_since(start))

@@ -1,0 +1,299 @@
+"""Raw SQLite values with their storage class (`typeof`), never coerced by the declared type.
+
+`read_table` pulls a table into polars in one pass: a `_rowid` column, then one Struct column per
+source column with the fields `storage`, `i`, `r`, `s`, `b` (see `RAW_DTYPE`). Exactly one value
+field is set per row, the one matching `storage`; all are null when `storage == 'null'`. Text that
+is not valid UTF-8 keeps `storage == 'text'` and carries its raw bytes in `b` (with `s` null).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from servicedesk_etl.sqlite_source import quote_ident, table_columns
+
+log = logging.getLogger(__name__)
+
+ROWID = "_rowid"
+STORAGE_CLASSES = ("null", "integer", "real", "text", "blob")
+VALUE_FIELDS = {"integer": "i", "real": "r", "text": "s", "blob": "b"}
+FIELD_DTYPES = {"i": pl.Int64, "r": pl.Float64, "s": pl.String, "b": pl.Binary}
+RAW_DTYPE = pl.Struct({"storage": pl.String, **FIELD_DTYPES})
+_SERIES_STORAGE = {pl.Int64: "integer", pl.Float64: "real", pl.String: "text", pl.Binary: "blob"}
+_ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+_HASH_PRIME = 1_000_000_007
+_HASH_MULTIPLIER = 2_654_435_761
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """A seeded pseudo-random subset of rows: each rowid is kept when its hash falls below `fraction`.
+
+    Deterministic for a given seed, spread over the whole table (never the first N rows).
+    """
+
+    fraction: float
+    seed: int = 0
+
+    def predicate(self, rowid_sql: str) -> tuple[str, tuple[int, int]]:
+        threshold = int(self.fraction * _HASH_PRIME)
+        expression = (
+            f"((({rowid_sql} % {_HASH_PRIME}) * {_HASH_MULTIPLIER} + ?) % {_HASH_PRIME} + {_HASH_PRIME})"
+            f" % {_HASH_PRIME} < ?"
+        )
+        return expression, (self.seed * 7919 % _HASH_PRIME, threshold)
+
+
+def read_table(conn: sqlite3.Connection, table: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """Every row: a `_rowid` Int64 column, then one Struct column per source column.
+
+    Struct fields: storage (String: 'null'|'integer'|'real'|'text'|'blob'), i (Int64), r (Float64),
+    s (String: text values that are valid UTF-8), b (Binary: blob values, and raw bytes of text
+    that is not valid UTF-8). For a WITHOUT ROWID table `_rowid` is the 1-based row position in
+    primary-key order.
+    """
+    return read_rows(conn, table, columns)
+
+
+def read_rows(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str] | None = None,
+    sample: RowSample | None = None,
+) -> pl.DataFrame:
+    """Like `read_table`, optionally restricted to a seeded sample of rows."""
+    names = list(columns) if columns is not None else [column.name for column in table_columns(conn, table)]
+    rowid_sql = _rowid_expression(conn, table, names)
+    where, params = ("", ()) if sample is None or rowid_sql is None else _where(sample, rowid_sql)
+    try:
+        frame = _read_plain(conn, table, names, rowid_sql, where, params)
+    except sqlite3.OperationalError as error:
+        if "decode" not in str(error).lower():
+            raise
+        log.info("table %s holds text that is not valid UTF-8; reading it as bytes", table)
+        frame = _read_split(conn, table, names, rowid_sql, where, params, text_as_bytes=True)
+    return frame
+
+
+def raw_series(name: str, storage: str, values: pl.Series) -> pl.Series:
+    """A raw Struct series from values that all have one storage class (nulls allowed)."""
+    value_field = VALUE_FIELDS.get(storage)
+    frame = pl.DataFrame({"v": values})
+    fields = [
+        pl.when(pl.col("v").is_null()).then(pl.lit("null")).otherwise(pl.lit(storage)).alias("storage"),
+        *[
+            (pl.col("v") if field == value_field else pl.lit(None)).cast(dtype).alias(field)
+            for field, dtype in FIELD_DTYPES.items()
+        ],
+    ]
+    return frame.select(pl.struct(fields).alias(name)).to_series()
+
+
+def raw_from_python(name: str, values: Sequence[object]) -> pl.Series:
+    """A raw Struct series from Python values as sqlite3 returns them (for tests and small inputs).
+
+    `bytes` are blobs; a `bytearray` stands for text that is not valid UTF-8.
+    """
+    rows = []
+    for value in values:
+        if value is None:
+            rows.append({"storage": "null"})
+        elif isinstance(value, bool | int):
+            rows.append({"storage": "integer", "i": int(value)})
+        elif isinstance(value, float):
+            rows.append({"storage": "real", "r": value})
+        elif isinstance(value, str):
+            rows.append({"storage": "text", "s": value})
+        elif isinstance(value, bytearray):
+            rows.append({"storage": "text", "b": bytes(value)})
+        elif isinstance(value, bytes):
+            rows.append({"storage": "blob", "b": value})
+        else:
+            raise TypeError(f"not a SQLite value: {value!r}")
+    return pl.Series(name, rows, dtype=RAW_DTYPE)
+
+
+def _where(sample: RowSample, rowid_sql: str) -> tuple[str, tuple[int, ...]]:
+    predicate, params = sample.predicate(rowid_sql)
+    return f" WHERE {predicate}", params
+
+
+def _rowid_expression(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> str | None:
+    """The rowid alias not shadowed by a column, or None for a WITHOUT ROWID table."""
+    taken = {column.name.lower() for column in table_columns(conn, table)} | {name.lower() for name in names}
+    alias = next((candidate for candidate in _ROWID_ALIASES if candidate not in taken), None)
+    if alias is None:
+        return None
+    try:
+        conn.execute(f"SELECT {alias} FROM {quote_ident(table)} LIMIT 0")
+    except sqlite3.OperationalError:
+        return None
+    return alias
+
+
+def _select(
+    table: str, expressions: Sequence[str], rowid_sql: str | None, where: str
+) -> str:
+    order = f" ORDER BY {rowid_sql}" if rowid_sql else ""
+    head = rowid_sql if rowid_sql else "NULL"
+    return f"SELECT {', '.join([head, *expressions])} FROM {quote_ident(table)}{where}{order}"
+
+
+def _read_plain(
+    conn: sqlite3.Connection,
+    table: str,
+    names: Sequence[str],
+    rowid_sql: str | None,
+    where: str,
+    params: tuple[int, ...],
+) -> pl.DataFrame:
+    """One pass with each column as SQLite returns it; columns of mixed storage are re-read split."""
+    query = _select(table, [quote_ident(name) for name in names], rowid_sql, where)
+    rows = conn.execute(query, params).fetchall()
+    columns = list(zip(*rows)) if rows else [()] * (len(names) + 1)
+    series: dict[str, pl.Series] = {ROWID: _rowids(columns[0], len(rows))}
+    mixed: list[str] = []
+    for name, values in zip(names, columns[1:]):
+        column = _homogeneous(name, values)
+        if column is None:
+            mixed.append(name)
+        series[name] = column
+    reals = [name for name in names if series[name] is not None and series[name].dtype == pl.Float64]
+    mixed += _reals_holding_integers(conn, table, reals, where, params)
+    if mixed:
+        split = _read_split(conn, table, mixed, rowid_sql, where, params, text_as_bytes=False)
+        series.update({name: split[name] for name in mixed})
+    return pl.DataFrame(
+        [series[ROWID], *[_as_raw(name, series[name]) for name in names]]
+    )
+
+
+def _rowids(values: Sequence[object], count: int) -> pl.Series:
+    if count and values[0] is None:
+        return pl.Series(ROWID, range(1, count + 1), dtype=pl.Int64)
+    return pl.Series(ROWID, values, dtype=pl.Int64)
+
+
+def _homogeneous(name: str, values: Sequence[object]) -> pl.Series | None:
+    try:
+        return pl.Series(name, values, strict=True)
+    except TypeError:
+        return None
+
+
+def _reals_holding_integers(
+    conn: sqlite3.Connection, table: str, reals: Sequence[str], where: str, params: tuple[int, ...]
+) -> list[str]:
+    """polars reads ints among floats as floats silently, so ask SQLite which REAL columns mix in integers."""
+    if not reals:
+        return []
+    probes = [f"max(typeof({quote_ident(name)}) = 'integer')" for name in reals]
+    flags = conn.execute(f"SELECT {', '.join(probes)} FROM {quote_ident(table)}{where}", params).fetchone()
+    return [name for name, flag in zip(reals, flags) if flag]
+
+
+def _as_raw(name: str, values: pl.Series) -> pl.Series:
+    if values.dtype == RAW_DTYPE:
+        return values.alias(name)
+    if values.dtype == pl.Null:
+        return raw_series(name, "null", values)
+    return raw_series(name, _SERIES_STORAGE[values.dtype], values)
+
+
+def _read_split(
+    conn: sqlite3.Connection,
+    table: str,
+    names: Sequence[str],
+    rowid_sql: str | None,
+    where: str,
+    params: tuple[int, ...],
+    text_as_bytes: bool,
+) -> pl.DataFrame:
+    """Read each column as four storage-specific columns (CASE on typeof), for mixed columns."""
+    expressions = []
+    for name in names:
+        quoted = quote_ident(name)
+        expressions += [
+            f"CASE WHEN typeof({quoted}) = '{storage}' THEN {quoted} END" for storage in VALUE_FIELDS
+        ]
+    query = _select(table, expressions, rowid_sql, where)
+    previous_factory = conn.text_factory
+    if text_as_bytes:
+        conn.text_factory = bytes
+    try:
+        rows = conn.execute(query, params).fetchall()
+    finally:
+        conn.text_factory = previous_factory
+    columns = list(zip(*rows)) if rows else [()] * (4 * len(names) + 1)
+    result = {ROWID: _rowids(columns[0], len(rows))}
+    for position, name in enumerate(names):
+        i, r, s, b = columns[1 + 4 * position : 5 + 4 * position]
+        result[name] = _split_struct(name, i, r, s, b, text_as_bytes)
+    return pl.DataFrame(list(result.values()))
+
+
+def _split_struct(
+    name: str,
+    i: Sequence[object],
+    r: Sequence[object],
+    s: Sequence[object],
+    b: Sequence[object],
+    text_as_bytes: bool,
+) -> pl.Series:
+    text, invalid_text = _decode_text(s) if text_as_bytes else (pl.Series(s, dtype=pl.String), None)
+    frame = pl.DataFrame(
+        {
+            "i": pl.Series(i, dtype=pl.Int64),
+            "r": pl.Series(r, dtype=pl.Float64),
+            "s": text,
+            "b": pl.Series(b, dtype=pl.Binary),
+            "invalid": invalid_text if invalid_text is not None else pl.Series([None] * len(i), dtype=pl.Binary),
+        }
+    )
+    storage = (
+        pl.when(pl.col("i").is_not_null()).then(pl.lit("integer"))
+        .when(pl.col("r").is_not_null()).then(pl.lit("real"))
+        .when(pl.col("s").is_not_null() | pl.col("invalid").is_not_null()).then(pl.lit("text"))
+        .when(pl.col("b").is_not_null()).then(pl.lit("blob"))
+        .otherwise(pl.lit("null"))
+    )
+    return frame.select(
+        pl.struct(
+            storage.alias("storage"),
+            pl.col("i"),
+            pl.col("r"),
+            pl.col("s"),
+            pl.coalesce(pl.col("b"), pl.col("invalid")).alias("b"),
+        ).alias(name)
+    ).to_series()
+
+
+def _decode_text(values: Sequence[object]) -> tuple[pl.Series, pl.Series]:
+    """Text read as bytes: valid UTF-8 becomes String; the rest stays bytes (for the `b` field)."""
+    raw = pl.Series(values, dtype=pl.Binary)
+    try:
+        return raw.cast(pl.String), pl.Series([None] * len(raw), dtype=pl.Binary)
+    except pl.exceptions.InvalidOperationError:
+        pass
+    # Only a column that really holds invalid UTF-8 gets here; polars has no lenient decoder.
+    decoded = [_utf8_or_none(value) for value in values]
+    text = pl.Series(decoded, dtype=pl.String)
+    invalid = pl.Series(
+        [value if value is not None and text_value is None else None for value, text_value in zip(values, decoded)],
+        dtype=pl.Binary,
+    )
+    return text, invalid
+
+
+def _utf8_or_none(value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        return bytes(value).decode("utf-8")  # type: ignore[arg-type]
+    except UnicodeDecodeError:
+        return None
