@@ -2,7 +2,6 @@
 # No `from __future__ import annotations` here: Dagster reads these annotations at definition time.
 
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,10 @@ from servicedesk_etl.pipeline import (
     read_plan,
 )
 from servicedesk_etl.resources import GateSettings, PostgresTarget, SnapshotResource
-from servicedesk_etl.settings import runs_dir
+from servicedesk_etl.observability import LogProgressSink, TableProgress, configure_logging, register_secret_dsn
+from servicedesk_etl.observability.health import HealthCheck
+from servicedesk_etl.observability.steps import record_step
+from servicedesk_etl.settings import runs_dir, state_dir
 
 GROUP = "servicedesk"
 
@@ -33,21 +35,17 @@ def run_dir(context: dg.AssetExecutionContext) -> Path:
     return runs_dir() / context.run_id
 
 
-def progress_logger(context: dg.AssetExecutionContext, every_seconds: float = 2.0) -> Any:
-    """A progress callback that writes rows done, rows/s and ETA to Dagster's log at most every few seconds."""
-    started = time.monotonic()
-    last = {"at": 0.0}
+def progress_logger(context: dg.AssetExecutionContext, step: str) -> TableProgress:
+    """Rows done, rows/s and ETA per table as Dagster log lines, at most every few seconds."""
+    return TableProgress(step, lambda: LogProgressSink(context.log, every_seconds=2.0))
 
-    def report(table: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last["at"] < every_seconds and done < total:
-            return
-        last["at"] = now
-        rate = done / max(now - started, 1e-9)
-        eta = (total - done) / rate if rate and total else 0.0
-        context.log.info("%s: %d/%d rows, %.0f rows/s, ETA %.1fs", table, done, total, rate, eta)
 
-    return report
+def start_observing(context: dg.AssetExecutionContext, target: PostgresTarget | None = None) -> str | None:
+    """JSON log file for this run (passwords scrubbed); returns the target DSN when one is used."""
+    dsn = target.dsn() if target is not None else None
+    register_secret_dsn(dsn)
+    configure_logging(state_dir(), run_id=context.run_id, console=False)
+    return dsn
 
 
 def emit(context: dg.AssetExecutionContext, asset: str, outcome: StepOutcome[Any],
@@ -55,6 +53,7 @@ def emit(context: dg.AssetExecutionContext, asset: str, outcome: StepOutcome[Any
     """Yield the step's output and its gates; raise instead of materializing when it must not count."""
     for gate in outcome.gates:
         (context.log.info if gate.passed else context.log.error)("gate %s: %s", gate.name, gate.summary)
+    record_step(state_dir(), asset, outcome.seconds, outcome.metadata, outcome.gates)
     blocked = first_blocking_failure(outcome.gates)
     if outcome.artifact is None or (fail_when_blocked and blocked is not None):
         for gate in outcome.gates:
@@ -86,7 +85,8 @@ def column_schema_of(plan_path: Path) -> dict[str, Any]:
 def sqlite_backup(context: dg.AssetExecutionContext, snapshot: SnapshotResource, target: PostgresTarget,
                   gates: GateSettings) -> Iterator[Any]:
     """Preflight, then a timestamped copy of the snapshot made with SQLite's online backup API, with checksums."""
-    outcome = backup_step(snapshot.resolved_path(), run_dir(context), dsn=target.dsn(), settings=gates.settings())
+    dsn = start_observing(context, target)
+    outcome = backup_step(snapshot.resolved_path(), run_dir(context), dsn=dsn, settings=gates.settings())
     extra = {"dagster/row_count": outcome.metadata["rows"]} if outcome.artifact else None
     yield from emit(context, "sqlite_backup", outcome, extra)
 
@@ -95,7 +95,8 @@ def sqlite_backup(context: dg.AssetExecutionContext, snapshot: SnapshotResource,
 def profile_report(context: dg.AssetExecutionContext, sqlite_backup: BackupArtifact, target: PostgresTarget,
                    gates: GateSettings) -> Iterator[Any]:
     """Per column: the type inferred from the values, formats, nulls and markers; rules, score, dry run; the plan."""
-    outcome = profile_step(sqlite_backup.path, run_dir(context), dsn=target.dsn(), settings=gates.settings())
+    dsn = start_observing(context, target)
+    outcome = profile_step(sqlite_backup.path, run_dir(context), dsn=dsn, settings=gates.settings())
     yield from emit(context, "profile_report", outcome, column_schema_of(outcome.artifact.plan_path))
 
 
@@ -103,13 +104,18 @@ def profile_report(context: dg.AssetExecutionContext, sqlite_backup: BackupArtif
 def cleaned_db(context: dg.AssetExecutionContext, sqlite_backup: BackupArtifact, profile_report: ProfileArtifact,
                gates: GateSettings) -> Iterator[Any]:
     """A new SQLite file with the plan executed, plus `_audit` and `_quarantine` tables."""
+    start_observing(context)
+    settings = gates.settings()
+    health = HealthCheck([run_dir(context)], settings.min_free_disk_bytes, settings.min_available_memory_bytes)
     outcome = clean_step(
         sqlite_backup.path,
         profile_report.plan_path,
         run_dir(context) / "cleaned.db",
         score_before=profile_report.quality_score,
-        settings=gates.settings(),
-        progress=progress_logger(context),
+        dimensions_before=profile_report.dimensions,
+        settings=settings,
+        progress=progress_logger(context, "cleaning"),
+        health_check=health,
         force=True,
     )
     extra = {"dagster/row_count": outcome.metadata["rows"]}
@@ -120,8 +126,9 @@ def cleaned_db(context: dg.AssetExecutionContext, sqlite_backup: BackupArtifact,
 def canary_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact, target: PostgresTarget,
                   gates: GateSettings) -> Iterator[Any]:
     """A deterministic ~10% sample of every table loaded with the real DDL; dropped when its gates pass."""
-    outcome = canary_step(cleaned_db, dsn=target.dsn(), run_id=context.run_id, settings=gates.settings(),
-                          progress=progress_logger(context))
+    dsn = start_observing(context, target)
+    outcome = canary_step(cleaned_db, dsn=dsn, run_id=context.run_id, settings=gates.settings(),
+                          progress=progress_logger(context, "canary load"))
     yield from emit(context, "canary_schema", outcome, {"dagster/row_count": outcome.metadata["rows"]})
 
 
@@ -129,10 +136,10 @@ def canary_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact
 def production_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact, canary_schema: Any,
                       target: PostgresTarget, gates: GateSettings) -> Iterator[Any]:
     """The full load into a new version schema, then an atomic cutover to `servicedesk`."""
-    outcome = production_step(cleaned_db, dsn=target.dsn(), settings=gates.settings(),
-                              progress=progress_logger(context))
-    extra = {"dagster/row_count": outcome.metadata["rows"], **column_schema_of(cleaned_db.plan_path)}
-    extra["dagster/row_count"] = outcome.metadata["rows"]
+    dsn = start_observing(context, target)
+    outcome = production_step(cleaned_db, dsn=dsn, settings=gates.settings(),
+                              progress=progress_logger(context, "production load"))
+    extra = {**column_schema_of(cleaned_db.plan_path), "dagster/row_count": outcome.metadata["rows"]}
     yield from emit(context, "production_schema", outcome, extra, fail_when_blocked=True)
 
 

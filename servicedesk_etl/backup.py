@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 SIDECAR_SUFFIX = ".sha256.json"
 OWNER_ONLY = 0o600
-_BACKUP_NAME = re.compile(r"^(?P<stem>.+)\.(?P<stamp>\d{8}_\d{6})(?:_(?P<seq>\d+))?$")
+_BACKUP_NAME = re.compile(r"^(?P<stem>.+)\.(?P<stamp>\d{8}_\d{6})(?:_(?P<seq>\d+))?(?P<ext>\.dump)?$")
 _CHUNK = 1 << 20
 
 
@@ -64,6 +64,7 @@ class SqliteBackup:
     path: Path
     sidecar: Path
     source: Path
+    source_sha256: str  # the snapshot file's SHA-256 just before the copy started
     created_at: datetime
     md5: str
     sha256: str
@@ -200,6 +201,7 @@ def backup_sqlite(source: Path, output_dir: Path, *, now: datetime | None = None
     try:
         os.chmod(tmp, OWNER_ONLY)
         src = open_readonly(source)
+        source_sha256 = file_digests(source).sha256
         try:
             dst = sqlite3.connect(tmp)
             try:
@@ -223,6 +225,7 @@ def backup_sqlite(source: Path, output_dir: Path, *, now: datetime | None = None
         "kind": "sqlite",
         "backup": target.name,
         "source": str(source.resolve()),
+        "source_sha256": source_sha256,
         "created_at": created_at.isoformat(),
         "md5": digests.md5,
         "sha256": digests.sha256,
@@ -231,7 +234,8 @@ def backup_sqlite(source: Path, output_dir: Path, *, now: datetime | None = None
     }
     _write_private_atomically(sidecar, json.dumps(document, indent=2, sort_keys=True))
     log.info("backed up %s to %s (%d bytes, %d tables)", source, target, digests.size_bytes, len(row_counts))
-    return SqliteBackup(target, sidecar, source, created_at, digests.md5, digests.sha256, digests.size_bytes, row_counts)
+    return SqliteBackup(target, sidecar, source, source_sha256, created_at, digests.md5, digests.sha256,
+                        digests.size_bytes, row_counts)
 
 
 def verify_backup(source: Path | None, backup: Path) -> BackupVerification:
@@ -333,19 +337,19 @@ def restore_backup(backup: Path, target: Path, *, force: bool = False) -> Path:
 
 
 def list_backups(output_dir: Path) -> list[tuple[str, datetime, Path]]:
-    """Backups in `output_dir` as (snapshot name, UTC time, path), oldest first; sidecars and dumps excluded."""
+    """Backups and schema dumps in `output_dir` as (what was backed up, UTC time, path), oldest first."""
     found = []
     for path in Path(output_dir).iterdir():
         match = _BACKUP_NAME.match(path.name)
         if not match or not path.is_file():
             continue
         stamp = datetime.strptime(match["stamp"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
-        found.append((match["stem"], stamp, path))
+        found.append((match["stem"] + (match["ext"] or ""), stamp, path))
     return sorted(found, key=lambda item: (item[1], item[2].name))
 
 
 def prune_backups(output_dir: Path, retention_days: int, *, now: datetime | None = None) -> list[Path]:
-    """Remove backups (and sidecars) older than `retention_days`; the newest backup of each snapshot always stays."""
+    """Remove backups and dumps (and sidecars) older than `retention_days`; the newest of each source always stays."""
     if retention_days < 0:
         raise InputError(f"--retention-days must be 0 or more, not {retention_days}")
     output_dir = Path(output_dir)
@@ -445,6 +449,10 @@ def schema_fingerprint(dsn: str, schema: str) -> dict[str, TableFingerprint]:
         return fingerprint
 
 
+def _dump_args(schema: str, output: Path) -> list[str]:
+    return ["--format=custom", "--strict-names", "--schema", schema_pattern(schema), "--file", str(output)]
+
+
 def _schema_exists(dsn: str, schema: str) -> bool:
     with _connect(dsn) as conn:
         return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
@@ -467,7 +475,7 @@ def pg_dump_schema(
     tmp = Path(tmp_name)
     try:
         os.chmod(tmp, OWNER_ONLY)
-        _run_client(tool, ["--format=custom", "--strict-names", "--schema", schema_pattern(schema), "--file", str(tmp)], dsn)
+        _run_client(tool, _dump_args(schema, tmp), dsn)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -520,15 +528,16 @@ def restore_pg_dump(dump: Path, schema: str, dsn: str, *, pg_restore: str | None
         with _scratch_database(dsn) as scratch_dsn, tempfile.TemporaryDirectory(prefix="sdetl-restore-") as work:
             _run_client(tool, [*restore_args, str(dump)], scratch_dsn)
             with _connect(scratch_dsn) as conn:
-                conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(original), sql.Identifier(schema)))
+                rename = sql.SQL("ALTER SCHEMA {} RENAME TO {}")
+                conn.execute(rename.format(sql.Identifier(original), sql.Identifier(schema)))
             renamed = Path(work) / "renamed.dump"
             dumper = _tool("pg_dump", scratch_dsn, str(tool.path.with_name("pg_dump")))
-            _run_client(dumper, ["--format=custom", "--strict-names", "--schema", schema_pattern(schema),
-                                 "--file", str(renamed)], scratch_dsn)
+            _run_client(dumper, _dump_args(schema, renamed), scratch_dsn)
             _run_client(tool, [*restore_args, str(renamed)], dsn)
     fingerprint = schema_fingerprint(dsn, schema)
     expected = recorded.get("fingerprint")
-    matches = None if expected is None else {t: {"rows": f.rows, "md5": f.md5} for t, f in fingerprint.items()} == expected
+    restored = {table: {"rows": fp.rows, "md5": fp.md5} for table, fp in fingerprint.items()}
+    matches = None if expected is None else restored == expected
     log.info("restored %s into schema %s (%d tables, fingerprint %s)", dump, schema, len(fingerprint),
              "matches" if matches else "differs" if matches is False else "not recorded")
     return PgRestore(dump, schema, fingerprint, matches)

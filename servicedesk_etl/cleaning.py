@@ -27,8 +27,16 @@ import psutil
 from servicedesk_etl.errors import GateFailed, InputError
 from servicedesk_etl.profiling.convert import ConvertedColumn, convert_column
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
-from servicedesk_etl.profiling.values import read_table
-from servicedesk_etl.sqlite_source import file_sha256, list_tables, open_readonly, quote_ident, table_columns
+from servicedesk_etl.profiling.values import RowSample, read_rows
+from servicedesk_etl.sqlite_source import (
+    file_sha256,
+    list_tables,
+    open_readonly,
+    quote_ident,
+    readonly_uri,
+    row_count,
+    table_columns,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,9 @@ TEMP_SUFFIX = ".cleaning-tmp"
 SQLITE_SIDECARS = ("", "-journal", "-wal", "-shm")
 ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 EXAMPLES_PER_OPERATION = 3
+READ_CHUNK_ROWS = 100_000
+MIN_ROWID = -(2**63)
+MAX_ROWID = 2**63 - 1
 
 REASON_DUPLICATE_ROW = "duplicate_row"
 REASON_DUPLICATE_KEY = "duplicate_key"
@@ -71,6 +82,7 @@ CREATE TABLE _quarantine (
     reason TEXT NOT NULL
 )
 """
+_CANDIDATES_DDL = "CREATE TEMP TABLE _candidates (id INTEGER PRIMARY KEY)"
 _INSERT_AUDIT = (
     "INSERT INTO _audit (table_name, column_name, outcome, operation, count, examples) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -78,10 +90,6 @@ _INSERT_AUDIT = (
 _INSERT_FAILED_CELL = (
     "INSERT INTO _quarantine (table_name, row_id, key_column, key_value, column_name, value, storage_class, reason)"
     " VALUES (?, ?, ?, ?, ?, coalesce(?, ?, ?, ?), ?, ?)"
-)
-_INSERT_REMOVED_ROW = (
-    "INSERT INTO _quarantine (table_name, row_id, key_column, key_value, column_name, value, storage_class, reason)"
-    " VALUES (?, ?, ?, ?, NULL, ?, ?, ?)"
 )
 
 
@@ -330,8 +338,10 @@ def _write_cleaned_file(
         with _exclusive_transaction(dst):
             dst.execute(_AUDIT_DDL)
             dst.execute(_QUARANTINE_DDL)
+            dst.execute(_CANDIDATES_DDL)
             for table in plan.tables:
                 outcomes[table.name] = _clean_table(src, dst, table, settings, hooks)
+            dst.execute("DROP TABLE temp._candidates")
         _require_integrity(dst, temp)
     return outcomes
 
@@ -342,41 +352,137 @@ def _require_integrity(dst: sqlite3.Connection, path: Path) -> None:
         raise GateFailed("cleaned_db", f"integrity_check of {path} failed: {'; '.join(verdict[:3])}")
 
 
+@dataclass(frozen=True)
+class _RowidRange(RowSample):
+    """Rows with `first <= rowid <= last`, expressed as the row filter `read_rows` applies."""
+
+    first: int = MIN_ROWID
+    last: int = MAX_ROWID
+
+    def predicate(self, rowid_sql: str) -> tuple[str, tuple[int, int]]:
+        return f"{rowid_sql} BETWEEN ? AND ?", (self.first, self.last)
+
+
+class _AuditTally:
+    """Per column, outcome and operation of one table: the count and the first examples by rowid."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, str, str], tuple[int, list[dict[str, Any]]]] = {}
+
+    def add(self, raw: pl.DataFrame, conversions: Sequence[ConvertedColumn]) -> None:
+        for position, converted in enumerate(conversions):
+            groups = (
+                pl.DataFrame({"outcome": converted.outcome, "operation": converted.operation})
+                .with_row_index("index")
+                .filter(pl.col("outcome") != "null")
+                .with_columns(pl.col("operation").fill_null(pl.col("outcome")))
+                .group_by("outcome", "operation", maintain_order=True)
+                .agg(count=pl.len(), examples=pl.col("index").head(EXAMPLES_PER_OPERATION))
+            )
+            source = raw.columns[position + 1]
+            for outcome, operation, count, indices in groups.iter_rows():
+                known, examples = self._entries.get((position, outcome, operation), (0, []))
+                wanted = indices[: EXAMPLES_PER_OPERATION - len(examples)]
+                examples = examples + [
+                    {
+                        "rowid": raw["_rowid"][index],
+                        "before": _display_raw(raw[source][index]),
+                        "after": _display_value(converted.values[index]),
+                    }
+                    for index in wanted
+                ]
+                self._entries[(position, outcome, operation)] = (known + count, examples)
+
+    def write(self, dst: sqlite3.Connection, table: TablePlan) -> None:
+        for (position, outcome, operation), (count, examples) in sorted(self._entries.items()):
+            dst.execute(
+                _INSERT_AUDIT,
+                (table.name, table.columns[position].name, outcome, operation, count,
+                 json.dumps(examples, ensure_ascii=False)),
+            )
+
+
 def _clean_table(
     src: sqlite3.Connection, dst: sqlite3.Connection, table: TablePlan, settings: CleanSettings, hooks: _Hooks
 ) -> _TableOutcome:
-    raw = read_table(src, table.name, [column.name for column in table.columns]).sort("_rowid")
-    conversions = [_convert(raw, column) for column in table.columns]
-    cleaned = _cleaned_frame(raw["_rowid"], conversions)
-    key = _key_of(table, cleaned)
-    duplicate_row, duplicate_key = _find_duplicates(cleaned, _key_positions(table))
-    removed = (
-        duplicate_row | duplicate_key
-        if settings.duplicate_policy == "keep_first"
-        else pl.Series(values=[False] * cleaned.height, dtype=pl.Boolean)
-    )
-
+    """Read, convert and write the table range by range; then resolve duplicates in the written rows."""
+    names = [column.name for column in table.columns]
+    rowid_sql = _rowid_alias(names)
+    rows_in = row_count(src, table.name)
     _create_table(dst, table)
-    quarantined = _quarantine_failed_cells(dst, table, raw, conversions, key)
-    _quarantine_removed_rows(dst, table, cleaned, key, duplicate_row & removed, REASON_DUPLICATE_ROW)
-    _quarantine_removed_rows(dst, table, cleaned, key, duplicate_key & removed, REASON_DUPLICATE_KEY)
-    _audit_conversions(dst, table, raw, conversions)
-    _audit_duplicates(dst, table, cleaned["_rowid"], duplicate_row, duplicate_key, settings.duplicate_policy)
-    rows_out = _insert_rows(dst, table, cleaned.filter(~removed), hooks)
+    insert = _insert_statement(table, rowid_sql)
+    tally = _AuditTally()
+    fingerprints = []
+    written = quarantined = nulled = converted_cells = 0
+    for rows in _row_ranges(src, table.name, rowid_sql, rows_in):
+        raw = read_rows(src, table.name, names, rows)
+        _require_in_range(raw, rows, table.name)
+        conversions = [_convert(raw, column) for column in table.columns]
+        cleaned = _cleaned_frame(raw["_rowid"], conversions)
+        key = _key_of(table, cleaned)
+        quarantined += _quarantine_failed_cells(dst, table, raw, conversions, key)
+        tally.add(raw, conversions)
+        fingerprints.append(_fingerprints(cleaned, _key_positions(table)))
+        nulled += sum(int((c.outcome == "nulled").sum()) for c in conversions)
+        converted_cells += sum(int((c.outcome == "converted").sum()) for c in conversions)
+        written = _insert_rows(dst, insert, cleaned, hooks, table.name, written, rows_in)
+    if written == 0:
+        hooks.after_chunk(table.name, 0, rows_in)
+    tally.write(dst, table)
+    removed = _resolve_duplicates(dst, table, pl.concat(fingerprints), settings.duplicate_policy)
 
     outcome = _TableOutcome(
-        rows_in=raw.height,
-        rows_out=rows_out,
-        duplicates_removed=int(removed.sum()),
+        rows_in=rows_in,
+        rows_out=row_count(dst, table.name),
+        duplicates_removed=removed,
         quarantined_cells=quarantined,
-        nulled_cells=sum(int((c.outcome == "nulled").sum()) for c in conversions),
-        converted_cells=sum(int((c.outcome == "converted").sum()) for c in conversions),
+        nulled_cells=nulled,
+        converted_cells=converted_cells,
     )
     logger.info(
         "cleaned table %s: %d rows in, %d out, %d duplicates removed, %d cells quarantined",
         table.name, outcome.rows_in, outcome.rows_out, outcome.duplicates_removed, outcome.quarantined_cells,
     )
     return outcome
+
+
+def _rowid_alias(names: Sequence[str]) -> str:
+    """The name that reaches a table's rowid: `rowid` unless a column is called that."""
+    taken = {name.lower() for name in names}
+    alias = next((alias for alias in ROWID_ALIASES if alias not in taken), None)
+    if alias is None:
+        raise InputError("a table has columns named rowid, _rowid_ and oid; its rows cannot be addressed")
+    return alias
+
+
+def _has_rowid(src: sqlite3.Connection, table: str, rowid_sql: str) -> bool:
+    try:
+        src.execute(f"SELECT {rowid_sql} FROM {quote_ident(table)} LIMIT 0")
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def _row_ranges(src: sqlite3.Connection, table: str, rowid_sql: str, rows: int) -> list[_RowidRange | None]:
+    """Consecutive rowid ranges of at most READ_CHUNK_ROWS rows; one whole read for small or WITHOUT ROWID tables."""
+    if rows <= READ_CHUNK_ROWS or not _has_rowid(src, table, rowid_sql):
+        return [None]
+    starts = [
+        start
+        for (start,) in src.execute(
+            f"SELECT r FROM (SELECT {rowid_sql} AS r, row_number() OVER (ORDER BY {rowid_sql}) AS n"
+            f" FROM {quote_ident(table)}) WHERE (n - 1) % ? = 0 AND n > 1",
+            (READ_CHUNK_ROWS,),
+        )
+    ]
+    firsts = [MIN_ROWID, *starts]
+    lasts = [start - 1 for start in starts] + [MAX_ROWID]
+    return [_RowidRange(1.0, first=first, last=last) for first, last in zip(firsts, lasts)]
+
+
+def _require_in_range(raw: pl.DataFrame, rows: _RowidRange | None, table: str) -> None:
+    if rows is not None and raw.height and not raw["_rowid"].is_between(rows.first, rows.last).all():
+        raise RuntimeError(f"reading table {table!r} by rowid range returned rows outside the range")
 
 
 def _convert(raw: pl.DataFrame, column: ColumnPlan) -> ConvertedColumn:
@@ -401,33 +507,17 @@ def _key_positions(table: TablePlan) -> list[int]:
     return [names.index(name) for name in table.key_columns]
 
 
-def _find_duplicates(cleaned: pl.DataFrame, key_positions: Sequence[int]) -> tuple[pl.Series, pl.Series]:
-    """Rows equal to an earlier row in every column, and further rows repeating an earlier key.
-
-    `cleaned` is in rowid order, so the first occurrence kept is the first by rowid. A row with a
-    NULL in a key column repeats no key.
-    """
-    values = [name for name in cleaned.columns if name != "_rowid"]
-    flags = cleaned.select(duplicate_row=~pl.struct(values).is_first_distinct())
-    if key_positions:
-        keys = [_value_column(position) for position in key_positions]
-        candidate = ~flags["duplicate_row"] & cleaned.select(pl.all_horizontal(pl.col(keys).is_not_null()))[:, 0]
-        repeated = cleaned.with_columns(candidate=candidate).select(
-            pl.col("candidate") & ~pl.when(pl.col("candidate")).then(pl.struct(keys)).is_first_distinct()
-        )[:, 0]
-    else:
-        repeated = pl.Series(values=[False] * cleaned.height, dtype=pl.Boolean)
-    return flags["duplicate_row"], repeated.alias("duplicate_key")
-
-
 def _key_of(table: TablePlan, cleaned: pl.DataFrame) -> _Key:
     positions = _key_positions(table)
     if not positions:
-        return _Key(None, pl.Series("key", [None] * cleaned.height, dtype=pl.Null))
+        return _Key(None, pl.repeat(None, cleaned.height, dtype=pl.Null, eager=True))
     if len(positions) == 1:
         return _Key(table.key_columns[0], cleaned[_value_column(positions[0])])
-    fields = [_jsonable(_value_column(p), cleaned.schema[_value_column(p)]).alias(n) for p, n in zip(positions, table.key_columns)]
-    return _Key(json.dumps(list(table.key_columns), ensure_ascii=False), cleaned.select(pl.struct(fields).struct.json_encode())[:, 0])
+    fields = [
+        _jsonable(_value_column(position), cleaned.schema[_value_column(position)]).alias(name)
+        for position, name in zip(positions, table.key_columns)
+    ]
+    return _Key(_key_label(table), cleaned.select(pl.struct(fields).struct.json_encode())[:, 0])
 
 
 def _jsonable(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -454,8 +544,11 @@ def _quarantine_failed_cells(
         original = raw[column.name].struct
         entries = pl.DataFrame(
             {
+                "table_name": pl.repeat(table.name, raw.height, dtype=pl.String, eager=True),
                 "row_id": raw["_rowid"],
+                "key_column": pl.repeat(key.label, raw.height, dtype=pl.String, eager=True),
                 "key_value": key.values,
+                "column_name": pl.repeat(column.name, raw.height, dtype=pl.String, eager=True),
                 "i": original.field("i"),
                 "r": original.field("r"),
                 "s": original.field("s"),
@@ -464,60 +557,108 @@ def _quarantine_failed_cells(
                 "reason": converted.reason.fill_null("unconvertible"),
             }
         ).filter(failed)
-        dst.executemany(
-            _INSERT_FAILED_CELL,
-            ((table.name, row_id, key.label, key_value, column.name, i, r, s, b, storage, reason)
-             for row_id, key_value, i, r, s, b, storage, reason in entries.iter_rows()),
-        )
+        dst.executemany(_INSERT_FAILED_CELL, entries.iter_rows())
         total += count
     return total
 
 
-def _quarantine_removed_rows(
-    dst: sqlite3.Connection, table: TablePlan, cleaned: pl.DataFrame, key: _Key, mask: pl.Series, reason: str
-) -> None:
-    if not mask.any():
-        return
-    fields = [
-        _jsonable(_value_column(i), cleaned.schema[_value_column(i)]).alias(column.name)
-        for i, column in enumerate(table.columns)
-    ]
-    entries = cleaned.with_columns(key_value=key.values).filter(mask).select(
-        "_rowid", "key_value", row=pl.struct(fields).struct.json_encode()
+def _fingerprints(cleaned: pl.DataFrame, key_positions: Sequence[int]) -> pl.DataFrame:
+    """Per row: a hash of all cleaned values and of the key (null when a key value is NULL).
+
+    Hashes only nominate candidates; equality is then decided by SQLite on the written rows.
+    """
+    values = [name for name in cleaned.columns if name != "_rowid"]
+    keys = [_value_column(position) for position in key_positions]
+    key_hash = (
+        pl.when(pl.all_horizontal(pl.col(keys).is_not_null())).then(pl.struct(keys).hash(seed=0))
+        if keys
+        else pl.lit(None, dtype=pl.UInt64)
     )
-    dst.executemany(
-        _INSERT_REMOVED_ROW,
-        ((table.name, row_id, key.label, key_value, row, WHOLE_ROW_STORAGE, reason)
-         for row_id, key_value, row in entries.iter_rows()),
-    )
+    return cleaned.select("_rowid", row_hash=pl.struct(values).hash(seed=0), key_hash=key_hash)
 
 
-def _audit_conversions(
-    dst: sqlite3.Connection, table: TablePlan, raw: pl.DataFrame, conversions: Sequence[ConvertedColumn]
-) -> None:
-    for column, converted in zip(table.columns, conversions):
-        operations = (
-            pl.DataFrame({"outcome": converted.outcome, "operation": converted.operation})
-            .with_row_index("index")
-            .filter(pl.col("outcome") != "null")
-            .with_columns(pl.col("operation").fill_null(pl.col("outcome")))
-            .group_by("outcome", "operation", maintain_order=True)
-            .agg(count=pl.len(), examples=pl.col("index").head(EXAMPLES_PER_OPERATION))
-            .sort("outcome", "operation")
-        )
-        for outcome, operation, count, indices in operations.iter_rows():
-            examples = [
-                {
-                    "rowid": raw["_rowid"][index],
-                    "before": _display_raw(raw[column.name][index]),
-                    "after": _display_value(converted.values[index]),
-                }
-                for index in indices
-            ]
-            dst.execute(
-                _INSERT_AUDIT,
-                (table.name, column.name, outcome, operation, count, json.dumps(examples, ensure_ascii=False)),
-            )
+def _resolve_duplicates(dst: sqlite3.Connection, table: TablePlan, fingerprints: pl.DataFrame, policy: str) -> int:
+    """Find repeated rows, then repeated keys among the rest; under keep_first move them to the quarantine."""
+    names = [column.name for column in table.columns]
+    candidates = fingerprints.filter(pl.col("row_hash").is_duplicated())["_rowid"]
+    repeated_rows = _repeats_among(dst, table.name, candidates, names)
+    remaining = fingerprints.filter(pl.col("key_hash").is_not_null() & ~pl.col("_rowid").is_in(repeated_rows))
+    candidates = remaining.filter(pl.col("key_hash").is_duplicated())["_rowid"]
+    repeated_keys = _repeats_among(dst, table.name, candidates, list(table.key_columns)) if table.key_columns else []
+    fate = "removed" if policy == "keep_first" else "kept"
+    removed = 0
+    for reason, rowids in ((REASON_DUPLICATE_ROW, repeated_rows), (REASON_DUPLICATE_KEY, repeated_keys)):
+        if not rowids:
+            continue
+        examples = [{"rowid": rowid} for rowid in rowids[:EXAMPLES_PER_OPERATION]]
+        dst.execute(_INSERT_AUDIT, (table.name, None, fate, reason, len(rowids), json.dumps(examples)))
+        if policy == "keep_first":
+            _move_rows_to_quarantine(dst, table, rowids, reason)
+            removed += len(rowids)
+    return removed
+
+
+def _load_candidates(dst: sqlite3.Connection, rowids: Sequence[int]) -> None:
+    dst.execute("DELETE FROM temp._candidates")
+    dst.executemany("INSERT INTO temp._candidates (id) VALUES (?)", ((rowid,) for rowid in rowids))
+
+
+def _repeats_among(dst: sqlite3.Connection, table: str, candidates: pl.Series, columns: Sequence[str]) -> list[int]:
+    """Rowids among `candidates` whose `columns` equal those of an earlier row (NULL equals NULL)."""
+    if candidates.is_empty():
+        return []
+    _load_candidates(dst, candidates.to_list())
+    alias = _rowid_alias_of(dst, table)
+    partition = ", ".join(quote_ident(name) for name in columns)
+    query = (
+        f"SELECT id FROM (SELECT {alias} AS id, row_number() OVER (PARTITION BY {partition} ORDER BY {alias}) AS n"
+        f" FROM {quote_ident(table)} WHERE {alias} IN (SELECT id FROM temp._candidates)) WHERE n > 1 ORDER BY id"
+    )
+    return [rowid for (rowid,) in dst.execute(query)]
+
+
+def _rowid_alias_of(dst: sqlite3.Connection, table: str) -> str:
+    return _rowid_alias([name for (name,) in dst.execute("SELECT name FROM pragma_table_info(?)", (table,))])
+
+
+def _move_rows_to_quarantine(dst: sqlite3.Connection, table: TablePlan, rowids: Sequence[int], reason: str) -> None:
+    """Copy each whole row as JSON (bytes as {"hex": ...}) into the quarantine, then delete it."""
+    _load_candidates(dst, rowids)
+    alias = _rowid_alias_of(dst, table.name)
+    labels = [column.name for column in table.columns]
+    pairs = ", ".join(f"?, {_json_value_sql(column.name)}" for column in table.columns)
+    key_sql, key_labels = _key_sql(table)
+    quoted = quote_ident(table.name)
+    dst.execute(
+        "INSERT INTO _quarantine (table_name, row_id, key_column, key_value, column_name, value, storage_class, reason)"
+        f" SELECT ?, {alias}, ?, {key_sql}, NULL, json_object({pairs}), ?, ? FROM {quoted}"
+        f" WHERE {alias} IN (SELECT id FROM temp._candidates) ORDER BY {alias}",
+        (table.name, _key_label(table), *key_labels, *labels, WHOLE_ROW_STORAGE, reason),
+    )
+    dst.execute(f"DELETE FROM {quoted} WHERE {alias} IN (SELECT id FROM temp._candidates)")
+
+
+def _json_value_sql(column: str) -> str:
+    quoted = quote_ident(column)
+    return f"CASE WHEN typeof({quoted}) = 'blob' THEN json_object('hex', lower(hex({quoted}))) ELSE {quoted} END"
+
+
+def _key_label(table: TablePlan) -> str | None:
+    if not table.key_columns:
+        return None
+    if len(table.key_columns) == 1:
+        return table.key_columns[0]
+    return json.dumps(list(table.key_columns), ensure_ascii=False)
+
+
+def _key_sql(table: TablePlan) -> tuple[str, tuple[str, ...]]:
+    """The key value of a written row: the column itself, or a JSON object for a composite key."""
+    if not table.key_columns:
+        return "NULL", ()
+    if len(table.key_columns) == 1:
+        return quote_ident(table.key_columns[0]), ()
+    pairs = ", ".join(f"?, {_json_value_sql(name)}" for name in table.key_columns)
+    return f"json_object({pairs})", tuple(table.key_columns)
 
 
 def _display_raw(cell: dict[str, Any]) -> Any:
@@ -533,48 +674,21 @@ def _display_value(value: Any) -> Any:
     return f"x'{value.hex()}'" if isinstance(value, bytes | bytearray) else value
 
 
-def _audit_duplicates(
-    dst: sqlite3.Connection,
-    table: TablePlan,
-    rowids: pl.Series,
-    duplicate_row: pl.Series,
-    duplicate_key: pl.Series,
-    policy: str,
-) -> None:
-    fate = "removed" if policy == "keep_first" else "kept"
-    for reason, mask in ((REASON_DUPLICATE_ROW, duplicate_row), (REASON_DUPLICATE_KEY, duplicate_key)):
-        count = int(mask.sum())
-        if not count:
-            continue
-        examples = [{"rowid": rowid} for rowid in rowids.filter(mask).head(EXAMPLES_PER_OPERATION).to_list()]
-        dst.execute(_INSERT_AUDIT, (table.name, None, fate, reason, count, json.dumps(examples)))
+def _insert_statement(table: TablePlan, rowid_sql: str) -> str:
+    names = [rowid_sql, *(quote_ident(column.name) for column in table.columns)]
+    return f"INSERT INTO {quote_ident(table.name)} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
 
-def _rowid_alias(table: TablePlan) -> str | None:
-    taken = {column.name.lower() for column in table.columns}
-    return next((alias for alias in ROWID_ALIASES if alias not in taken), None)
-
-
-def _insert_rows(dst: sqlite3.Connection, table: TablePlan, rows: pl.DataFrame, hooks: _Hooks) -> int:
-    """Insert the kept rows under their source rowid, calling the hooks after every chunk."""
-    alias = _rowid_alias(table)
-    names = [quote_ident(column.name) for column in table.columns]
-    if alias is None:
-        logger.warning("table %s names columns rowid, _rowid_ and oid; source rowids are not kept", table.name)
-        rows = rows.drop("_rowid")
-    else:
-        names.insert(0, alias)
-    statement = (
-        f"INSERT INTO {quote_ident(table.name)} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-    )
-    total = rows.height
-    if total == 0:
-        hooks.after_chunk(table.name, 0, 0)
-    for offset in range(0, total, hooks.every_rows):
+def _insert_rows(
+    dst: sqlite3.Connection, statement: str, rows: pl.DataFrame, hooks: _Hooks, table: str, done: int, total: int
+) -> int:
+    """Insert rows under their source rowid, calling the hooks after every `check_every_rows` rows."""
+    for offset in range(0, rows.height, hooks.every_rows):
         chunk = rows.slice(offset, hooks.every_rows)
         dst.executemany(statement, chunk.iter_rows())
-        hooks.after_chunk(table.name, offset + chunk.height, total)
-    return total
+        done += chunk.height
+        hooks.after_chunk(table, done, total)
+    return done
 
 
 def _reconcile_with_file(src: sqlite3.Connection, path: Path, plan: Plan) -> tuple[ColumnReconciliation, ...]:
@@ -583,7 +697,7 @@ def _reconcile_with_file(src: sqlite3.Connection, path: Path, plan: Plan) -> tup
     Cleaned, quarantined and removed-duplicate cells are counted in the written file; source
     cells in the source; the nulled count is the audit's record of the declared null rules.
     """
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as written:
+    with closing(sqlite3.connect(readonly_uri(path), uri=True)) as written:
         results = []
         for table in plan.tables:
             names = [column.name for column in table.columns]

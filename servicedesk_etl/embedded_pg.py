@@ -8,16 +8,24 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 from servicedesk_etl.errors import TargetUnreachable
 
 log = logging.getLogger(__name__)
 
 
+def _pgserver() -> ModuleType:
+    """Import pgserver quietly (it warns that XDG_RUNTIME_DIR is unset, which is normal for root)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    return pgserver
+
+
 def embedded_dsn(home: Path, *, stop_on_exit: bool = False) -> str:
     """Start (or reuse) the server whose data lives in `home/pgdata` and return its DSN."""
-    import pgserver
-
+    pgserver = _pgserver()
     pgdata = home / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
@@ -32,6 +40,4 @@ def embedded_dsn(home: Path, *, stop_on_exit: bool = False) -> str:
 
 def pg_bin_dir() -> Path:
     """The directory of the embedded server's client programs (pg_dump, pg_restore, psql)."""
-    import pgserver
-
-    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return Path(_pgserver().__file__).parent / "pginstall" / "bin"

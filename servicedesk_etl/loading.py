@@ -15,11 +15,12 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import add, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from servicedesk_etl.sqlite_source import list_tables, open_readonly, quote_iden
 log = logging.getLogger(__name__)
 
 CANARY_PREFIX = "servicedesk_canary_"
+DRYRUN_PREFIX = "servicedesk_dryrun_"
 VERSION_PREFIX = "servicedesk_v"
 CANARY_FUNCTION = "servicedesk_canary_bucket"
 CANARY_BUCKETS = 10_000
@@ -94,6 +96,8 @@ def connect_target(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
     except psycopg.OperationalError as error:
         message = scrub(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {error}".strip(), dsn)
         raise TargetUnreachable(" ".join(message.split())) from None
+    except psycopg.ProgrammingError as error:
+        raise InputError(" ".join(scrub(f"the PostgreSQL DSN is not valid: {error}", dsn).split())) from None
 
 
 def canary_schema_name(run_id: str) -> str:
@@ -149,8 +153,8 @@ def sample_filter(
     return f" WHERE {CANARY_FUNCTION}(?, {key}) < ?", (seed, threshold)
 
 
-def select_rows(table: TablePlan, where: str = "") -> str:
-    columns = ", ".join(quote_ident(column.name) for column in table.columns)
+def select_rows(table: TablePlan, where: str = "", order: Sequence[ColumnPlan] | None = None) -> str:
+    columns = ", ".join(quote_ident(column.name) for column in (order or table.columns))
     return f"SELECT {columns} FROM {quote_ident(table.name)}{where}"
 
 
@@ -242,20 +246,31 @@ def column_converter(column: ColumnPlan) -> Callable[[Sequence[Any]], Sequence[A
             return None
 
 
-def convert_chunk(table: TablePlan, rows: list[tuple[Any, ...]], converters: dict[int, Callable]) -> Iterator[tuple]:
-    """The chunk's rows with temporal and numeric columns converted, column by column."""
-    if not converters:
-        return iter(rows)
-    columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
-    for position, convert in converters.items():
-        column = table.columns[position]
+def copy_order(table: TablePlan) -> tuple[ColumnPlan, ...]:
+    """The table's columns as they are selected and copied: those needing conversion last."""
+    plain = [column for column in table.columns if column_converter(column) is None]
+    return (*plain, *(column for column in table.columns if column_converter(column) is not None))
+
+
+def convert_chunk(table: TablePlan, order: Sequence[ColumnPlan], rows: list[tuple[Any, ...]]) -> Iterable[tuple]:
+    """The chunk's rows with their trailing columns (see `copy_order`) converted column by column.
+
+    Only the converted columns are transposed; rows are rebuilt as `row[:plain] + converted`.
+    """
+    plain = sum(1 for column in order if column_converter(column) is None)
+    if plain == len(order):
+        return rows
+    converted = []
+    for position in range(plain, len(order)):
+        column = order[position]
+        convert = column_converter(column)
         try:
-            columns[position] = convert(columns[position])
+            converted.append(convert(list(map(itemgetter(position), rows))))  # type: ignore[misc]
         except Exception as error:
             raise InputError(
                 f"{table.name}.{column.name}: a value is not in the cleaned {column.target_type} form: {error}"
             ) from error
-    return zip(*columns, strict=True)
+    return map(add, map(itemgetter(slice(0, plain)), rows), zip(*converted, strict=True))
 
 
 def load_schema(
@@ -347,7 +362,11 @@ def _load_tables(
         futures: dict[Future[TableLoad], TablePlan] = {
             pool.submit(_load_table, cleaned, table, dsn, schema, abort, **options): table for table in tables
         }
-        done, _pending = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            done, _pending = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            abort.set()
+            raise
         failed = [future for future in done if future.exception() is not None]
         if failed:
             abort.set()
@@ -383,8 +402,11 @@ def _load_table(
             conn.execute(create_table_sql(schema, table))
             for statement in comment_statements(schema, table):
                 conn.execute(statement)
-            rows = _copy_rows(source, conn, table, schema, select_rows(table, where), params, abort, chunk_rows,
-                              lambda done: progress(table.name, done, total) if progress else None)
+            order = copy_order(table)
+            rows = copy_rows(
+                source, conn, table, order, schema, select_rows(table, where, order), params, abort, chunk_rows,
+                lambda done: progress(table.name, done, total) if progress else None,
+            )
             for statement in index_statements(schema, table):
                 conn.execute(statement)
             conn.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(schema), sql.Identifier(table.pg_name)))
@@ -395,10 +417,11 @@ def _load_table(
     return TableLoad(table=table.name, pg_table=table.pg_name, rows=rows, seconds=seconds)
 
 
-def _copy_rows(
+def copy_rows(
     source: sqlite3.Connection,
     conn: psycopg.Connection,
     table: TablePlan,
+    order: Sequence[ColumnPlan],
     schema: str,
     query: str,
     params: tuple[Any, ...],
@@ -406,20 +429,20 @@ def _copy_rows(
     chunk_rows: int,
     report: Callable[[int], None],
 ) -> int:
-    converters = {i: c for i, column in enumerate(table.columns) if (c := column_converter(column)) is not None}
+    """Stream `query`'s rows (columns in `order`, see `copy_order`) into `schema.table` by binary COPY."""
     statement = sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT BINARY)").format(
         sql.Identifier(schema),
         sql.Identifier(table.pg_name),
-        sql.SQL(", ").join(sql.Identifier(column.pg_name) for column in table.columns),
+        sql.SQL(", ").join(sql.Identifier(column.pg_name) for column in order),
     )
     cursor = source.execute(query, params)
     done = 0
     with conn.cursor() as pg_cursor, pg_cursor.copy(statement) as copy:
-        copy.set_types([COPY_TYPE[column.target_type] for column in table.columns])
+        copy.set_types([COPY_TYPE[column.target_type] for column in order])
         while rows := cursor.fetchmany(chunk_rows):
             if abort.is_set():
                 raise _LoadAborted(table.name)
-            for row in convert_chunk(table, rows, converters):
+            for row in convert_chunk(table, order, rows):
                 copy.write_row(row)
             done += len(rows)
             report(done)

@@ -128,7 +128,7 @@ def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: Pipel
         "preflight",
         passed=report.status != "fail",
         summary=_preflight_summary(report),
-        metadata={"status": report.status, "checks": [_plain(check) for check in report.checks]},
+        metadata=_plain(report.to_dict()),
     )
     if not preflight.passed:
         return StepOutcome(None, (preflight,), seconds=elapsed_since(start))
@@ -159,7 +159,10 @@ def _failed_checks(checks: Any) -> str:
 def _plain(value: Any) -> Any:
     """A frozen dataclass (or anything nested) as JSON-able data."""
     import dataclasses
+    import enum
 
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, dict):
@@ -168,8 +171,11 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, bool) or value is None:
         return value
+    for kind in (str, int, float):
+        if isinstance(value, kind):
+            return kind(value)
     return str(value)
 
 
@@ -202,6 +208,7 @@ def profile_step(
         "plan": str(plan_path),
         "report": str(report_path),
         "quality_score": score.score,
+        "dimensions": dict(score.dimensions),
     }
     return StepOutcome(artifact, tuple(gates), metadata, elapsed_since(start))
 
@@ -286,6 +293,7 @@ def clean_step(
     output: Path,
     *,
     score_before: float,
+    dimensions_before: dict[str, float] | None = None,
     settings: PipelineSettings,
     progress: Progress | None = None,
     health_check: HealthCheck | None = None,
@@ -314,7 +322,7 @@ def clean_step(
             passed=after.score >= settings.min_quality_score,
             summary=f"cleaned file scores {after.score:.1f}/100 ({after.grade}); threshold {settings.min_quality_score:g}",
             metadata={"score": after.score, "grade": after.grade, "threshold": settings.min_quality_score,
-                      "dimensions_after": dict(after.dimensions)},
+                      "dimensions_before": dict(dimensions_before or {}), "dimensions_after": dict(after.dimensions)},
         ),
         GateResult(
             "source_unchanged",
@@ -349,6 +357,7 @@ def clean_step(
         "converted_cells": result.converted_cells,
         "nulled_cells": result.nulled_cells,
         "quality_score": after.score,
+        "dimensions": dict(after.dimensions),
         "path": str(result.output),
     }
     return StepOutcome(artifact, gates, metadata, elapsed_since(start))
@@ -360,12 +369,12 @@ def clean_step(
 def load_gates(prefix: str, cleaned: CleanedArtifact, plan: Plan, dsn: str, schema: str,
                sample_percent: float | None) -> list[GateResult]:
     """Types, reconciliation and dashboard queries of a loaded schema against the cleaned file."""
-    from servicedesk_etl.query_templates import run_query_templates
+    from servicedesk_etl.query_templates import FAILED, OK, run_query_templates
     from servicedesk_etl.reconcile import reconcile_schema
 
     report = reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=sample_percent)
     queries = run_query_templates(dsn, schema)
-    failed_queries = [run for run in queries if run.ok is False]
+    failed_queries = [run for run in queries if run.status == FAILED]
     type_problems = [_plain(problem) for problem in report.type_mismatches]
     return [
         GateResult(
@@ -384,7 +393,7 @@ def load_gates(prefix: str, cleaned: CleanedArtifact, plan: Plan, dsn: str, sche
         GateResult(
             f"{prefix}_queries",
             passed=not failed_queries,
-            summary=f"{sum(1 for run in queries if run.ok)} dashboard queries ran"
+            summary=f"{sum(1 for run in queries if run.status == OK)} dashboard queries ran"
             + (f"; {len(failed_queries)} failed: " + ", ".join(run.name for run in failed_queries) if failed_queries else ""),
             metadata={"queries": [_plain(run) for run in queries]},
         ),

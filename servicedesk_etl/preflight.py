@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import psutil
@@ -31,11 +31,10 @@ log = logging.getLogger(__name__)
 MIN_SERVER_MAJOR = 12
 REQUIRED_MODULES = ("dagster", "polars", "psycopg", "psutil", "typer", "rich", "prometheus_client", "pgserver")
 CONNECT_TIMEOUT_SECONDS = 5
-_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
-_VERSION = re.compile(r"\b(\d+)(?:\.(\d+))?")
+_TOOL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
 
-class CheckStatus(str, Enum):
+class CheckStatus(StrEnum):
     PASS = "pass"
     WARN = "warn"
     FAIL = "fail"
@@ -116,6 +115,14 @@ def run_preflight(
     return report
 
 
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
 def _passed(name: str, measured: str, threshold: str) -> PreflightCheck:
     return PreflightCheck(name, CheckStatus.PASS, measured, threshold, "")
 
@@ -133,7 +140,8 @@ def snapshot_checks(source: Path) -> list[PreflightCheck]:
     writer = _snapshot_not_being_written(source)
     if writer.status is CheckStatus.FAIL:
         skipped = "not evaluated: the snapshot is being written"
-        return [opens, writer, PreflightCheck("snapshot_integrity", CheckStatus.FAIL, skipped, "quick_check = ok", writer.advice)]
+        integrity = PreflightCheck("snapshot_integrity", CheckStatus.FAIL, skipped, "quick_check = ok", writer.advice)
+        return [opens, writer, integrity]
     return [opens, writer, _snapshot_integrity(source)]
 
 
@@ -151,7 +159,7 @@ def _snapshot_opens(source: Path) -> PreflightCheck:
     if header != SQLITE_HEADER:
         return PreflightCheck("snapshot_opens", CheckStatus.FAIL, "not a SQLite database (unexpected file header)",
                               threshold, "export the snapshot again; this file is not SQLite")
-    return _passed("snapshot_opens", f"SQLite 3, {source.stat().st_size} bytes", threshold)
+    return _passed("snapshot_opens", f"SQLite 3, {human_bytes(source.stat().st_size)}", threshold)
 
 
 def _snapshot_not_being_written(source: Path) -> PreflightCheck:
@@ -159,7 +167,7 @@ def _snapshot_not_being_written(source: Path) -> PreflightCheck:
     advice = "wait until the importer has finished writing the snapshot, then run again"
     for suffix in ("-journal", "-wal"):
         journal = source.with_name(source.name + suffix)
-        if _journal_has_content(journal, suffix):
+        if _journal_has_content(journal):
             return PreflightCheck(name, CheckStatus.FAIL, f"{journal.name} holds uncommitted or un-checkpointed pages",
                                   threshold, advice)
     try:
@@ -178,17 +186,12 @@ def _snapshot_not_being_written(source: Path) -> PreflightCheck:
     return _passed(name, "no journal, no lock", threshold)
 
 
-def _journal_has_content(journal: Path, suffix: str) -> bool:
+def _journal_has_content(journal: Path) -> bool:
+    """A non-empty journal: a writer is mid-transaction, or crashed (its header is only valid once synced)."""
     try:
-        size = journal.stat().st_size
+        return journal.stat().st_size > 0
     except FileNotFoundError:
         return False
-    if size == 0:
-        return False
-    if suffix == "-wal":
-        return True
-    with journal.open("rb") as handle:
-        return handle.read(len(_JOURNAL_MAGIC)) == _JOURNAL_MAGIC
 
 
 def _snapshot_integrity(source: Path) -> PreflightCheck:
@@ -200,7 +203,8 @@ def _snapshot_integrity(source: Path) -> PreflightCheck:
         finally:
             conn.close()
     except (InputError, sqlite3.DatabaseError) as error:
-        return PreflightCheck(name, CheckStatus.FAIL, str(error), threshold, "the file is damaged; export the snapshot again")
+        return PreflightCheck(name, CheckStatus.FAIL, str(error), threshold,
+                              "the file is damaged; export the snapshot again")
     if rows != ["ok"]:
         return PreflightCheck(name, CheckStatus.FAIL, "; ".join(rows), threshold,
                               "the file is damaged; export the snapshot again or restore a backup")
@@ -220,25 +224,26 @@ def disk_check(source: Path, work_dirs: Iterable[Path], min_free_ratio: float) -
     name = "disk_free"
     size = source.stat().st_size if source.is_file() else 0
     needed = int(size * min_free_ratio)
-    threshold = f">= {min_free_ratio:g} x snapshot = {needed} bytes"
+    threshold = f">= {min_free_ratio:g} x snapshot = {human_bytes(needed)}"
     dirs = [nearest_existing(d) for d in work_dirs]
     if not dirs:
         return PreflightCheck(name, CheckStatus.WARN, "no work directory given", threshold, "pass the work directories")
     free, tightest = min((psutil.disk_usage(str(d)).free, d) for d in dirs)
-    measured = f"{free} bytes free on {tightest}"
+    measured = f"{human_bytes(free)} free on {tightest}"
     if free < needed:
         return PreflightCheck(name, CheckStatus.FAIL, measured, threshold,
-                              f"free at least {needed - free} bytes on {tightest} or point the state directory elsewhere")
+                              f"free at least {human_bytes(needed - free)} on {tightest} "
+                              "or point the state directory elsewhere")
     return _passed(name, measured, threshold)
 
 
 def memory_check(min_memory_bytes: int) -> PreflightCheck:
     available = psutil.virtual_memory().available
-    threshold = f">= {min_memory_bytes} bytes available"
+    threshold = f">= {human_bytes(min_memory_bytes)} available"
     if available < min_memory_bytes:
-        return PreflightCheck("memory", CheckStatus.WARN, f"{available} bytes available", threshold,
+        return PreflightCheck("memory", CheckStatus.WARN, f"{human_bytes(available)} available", threshold,
                               "close other programs; large snapshots may run slowly or be stopped by the health check")
-    return _passed("memory", f"{available} bytes available", threshold)
+    return _passed("memory", f"{human_bytes(available)} available", threshold)
 
 
 def postgres_checks(dsn: str | None) -> tuple[int | None, list[PreflightCheck]]:
@@ -265,7 +270,8 @@ def postgres_checks(dsn: str | None) -> tuple[int | None, list[PreflightCheck]]:
             PreflightCheck(names[2], CheckStatus.FAIL, skipped, "CREATE on the database", ""),
         ]
     major = version_num // 10000
-    checks = [_passed(names[0], f"connected to {database} as {user}", f"a connection within {CONNECT_TIMEOUT_SECONDS} s")]
+    within = f"a connection within {CONNECT_TIMEOUT_SECONDS} s"
+    checks = [_passed(names[0], f"connected to {database} as {user}", within)]
     if major < MIN_SERVER_MAJOR:
         checks.append(PreflightCheck(names[1], CheckStatus.FAIL, version, f">= {MIN_SERVER_MAJOR}",
                                      f"upgrade PostgreSQL to {MIN_SERVER_MAJOR} or later"))
@@ -303,7 +309,7 @@ def pg_tool_version(path: Path) -> PgTool | None:
         output = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    match = _VERSION.search(output.split(")")[-1]) or _VERSION.search(output)
+    match = _TOOL_VERSION.search(output)
     return PgTool(path, int(match.group(1)), output.strip()) if match else None
 
 

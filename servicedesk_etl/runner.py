@@ -23,6 +23,9 @@ DAGSTER_YAML = """\
 # See docs for keeping them in PostgreSQL (dagster-postgres) instead.
 telemetry:
   enabled: false
+python_logs:
+  managed_python_loggers:
+    - servicedesk_etl
 """
 
 
@@ -91,7 +94,7 @@ def _environment(**values: str | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_migration(source: Path, *, dsn: str | None = None) -> RunSummary:
+def run_migration(source: Path, *, dsn: str | None = None, log_level: str = "INFO") -> RunSummary:
     """Materialize the whole graph for `source`; `dsn` overrides `SERVICEDESK_PG_DSN` for this run only."""
     import dagster as dg
 
@@ -104,7 +107,10 @@ def run_migration(source: Path, *, dsn: str | None = None) -> RunSummary:
         job = defs.resolve_job_def(MIGRATION_JOB)
         result = job.execute_in_process(
             instance=instance,
-            run_config={"resources": {"snapshot": {"config": {"path": str(source)}}}},
+            run_config={
+                "resources": {"snapshot": {"config": {"path": str(source)}}},
+                "loggers": {"console": {"config": {"log_level": log_level}}},
+            },
             raise_on_error=False,
             tags={"servicedesk_etl/source": str(source), "servicedesk_etl/started_by": "cli"},
         )
@@ -119,6 +125,7 @@ def summarise(run_id: str, events: list[Any], dsn: str | None) -> RunSummary:
     materialized: dict[str, dict[str, Any]] = {}
     checks: dict[str, list[CheckSummary]] = {name: [] for name in ASSET_ORDER}
     failures: dict[str, tuple[str, str]] = {}
+    run_failure = None
     for event in events:
         kind = event.event_type_value
         data = event.event_specific_data
@@ -135,6 +142,8 @@ def summarise(run_id: str, events: list[Any], dsn: str | None) -> RunSummary:
         elif kind == "STEP_FAILURE" and event.step_key:
             error_class, message = _root_error(data.error)
             failures[event.step_key] = (error_class, scrub(message, dsn))
+        elif kind in {"PIPELINE_FAILURE", "RUN_FAILURE"}:
+            run_failure = scrub(event.message or "the run failed", dsn)
 
     assets = []
     stopped_by = reason = error_class = None
@@ -158,6 +167,8 @@ def summarise(run_id: str, events: list[Any], dsn: str | None) -> RunSummary:
             stopped_by, reason = asset.name, asset.error
             break
     success = "production_schema" in materialized and stopped_by is None
+    if not success and stopped_by is None:
+        stopped_by, reason = "the run", run_failure or "the run ended before production_schema was materialized"
     live = "servicedesk" if success else None
     artefacts = _artefacts(run_id)
     return RunSummary(run_id, success, live, tuple(assets), stopped_by, reason, error_class, artefacts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +22,25 @@ CORPUS_FILES = sorted(p.name for p in CORPUS_DIR.glob("*") if p.suffix in {".db"
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DSN of the test server: `SERVICEDESK_TEST_PG_DSN`, else an embedded server for this run."""
+def pg_dsn() -> Iterator[str]:
+    """DSN of the test server: `SERVICEDESK_TEST_PG_DSN`, else an embedded server for this run.
+
+    The embedded server's data lives outside pytest's temporary directories, which pytest prunes
+    (other concurrent pytest runs would otherwise delete it under a running server).
+    """
     given = os.environ.get(ENV_TEST_PG_DSN)
     if given:
         yield given
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    pgdata = Path(tempfile.mkdtemp(prefix="servicedesk-test-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def dsn_for_database(dsn: str, dbname: str) -> str:

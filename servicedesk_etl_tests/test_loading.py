@@ -358,3 +358,10 @@ def test_schema_names_are_safe_and_sortable():
     assert version_schema_name(datetime(2026, 1, 1)) < version_schema_name(datetime(2026, 1, 2))
     with pytest.raises(InputError):
         canary_schema_name("---")
+
+
+def test_a_malformed_dsn_is_an_input_error_without_the_password(tmp_path):
+    cleaned, plan = servicedesk_cleaned(tmp_path / "clean.db", tickets=1, comments=1, timesheets=1)
+    with pytest.raises(InputError) as caught:
+        load_schema(cleaned, plan, "host=x password=topsecret-1 port", "v1")
+    assert "topsecret-1" not in str(caught.value)

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from servicedesk_etl.runner import RunSummary
+
 from servicedesk_etl.cli.app import app, console, fail
 from servicedesk_etl.dsn import redact_dsn
 from servicedesk_etl.gates import GateResult
@@ -71,27 +73,31 @@ def run(source: SourceOption, target_dsn: DsnOption = None, as_json: JsonFlag = 
     raise SystemExit(summary.exit_code)
 
 
-def print_run_summary(summary, dsn: str) -> None:  # type: ignore[no-untyped-def]
-    table = Table(title=f"run {summary.run_id}", show_lines=False)
-    for heading in ("asset / gate", "status", "rows", "seconds", "detail"):
-        table.add_column(heading, overflow="fold")
+def print_run_summary(summary: RunSummary, dsn: str) -> None:
+    """One line per asset, one indented line per gate: readable on a terminal and in a CI log alike."""
     marks = {"materialized": "[green]materialized[/]", "failed": "[red]failed[/]", "skipped": "[yellow]skipped[/]"}
+    console.print(f"run {summary.run_id}", highlight=False)
     for asset in summary.assets:
-        table.add_row(f"[bold]{asset.name}[/]", marks[asset.status], _fmt(asset.rows), _fmt(asset.seconds),
-                      asset.error or "")
+        figures = "  ".join(part for part in (
+            f"{asset.rows:,} rows" if asset.rows is not None else "",
+            f"{asset.seconds:.2f}s" if asset.seconds is not None else "",
+        ) if part)
+        console.print(f"[bold]{asset.name:<18}[/] {marks[asset.status]}  {figures}", highlight=False)
+        if asset.error:
+            console.print(f"    [red]{asset.error}[/]", highlight=False, soft_wrap=True)
         for check in asset.checks:
             status = "[green]pass[/]" if check.passed else ("[red]FAIL[/]" if check.blocking else "[yellow]warn[/]")
-            table.add_row(f"  {check.name}", status, "", "", check.summary)
-    console.print(table)
+            console.print(f"    {status} {check.name}: {check.summary}", highlight=False, soft_wrap=True)
     if summary.success:
-        console.print(f"[bold green]The production schema `{summary.live_schema}` is live[/] on {redact_dsn(dsn)}")
+        console.print(f"[bold green]The production schema `{summary.live_schema}` is live[/] on {redact_dsn(dsn)}",
+                      soft_wrap=True)
     else:
-        console.print(f"[bold red]Stopped by {summary.stopped_by}:[/] {summary.reason}")
+        console.print(f"[bold red]Stopped by {summary.stopped_by}:[/] {summary.reason}", soft_wrap=True)
         console.print("Nothing live was changed.")
     for label, path in summary.artefacts.items():
-        console.print(f"  {label}: {path}")
+        console.print(f"  {label}: {path}", highlight=False, soft_wrap=True)
     console.print("Inspect runs and checks in the Dagster UI: [bold]servicedesk-etl ui[/] "
-                  "(or DAGSTER_HOME=<state dir>/dagster dagster dev -w workspace.yaml)")
+                  "(or DAGSTER_HOME=<state dir>/dagster dagster dev -w workspace.yaml)", soft_wrap=True)
 
 
 def _fmt(value: float | int | None) -> str:

@@ -143,7 +143,8 @@ class PipelineMetrics:
         return metrics
 
     def _restore(self, figures: dict[str, list[dict[str, object]]]) -> None:
-        counters = {f"{PREFIX}rows_processed_total": self.rows_processed, f"{PREFIX}rejected_runs_total": self.rejected_runs}
+        counters = {f"{PREFIX}rows_processed_total": self.rows_processed,
+                    f"{PREFIX}rejected_runs_total": self.rejected_runs}
         gauges = {f"{PREFIX}gate_duration_seconds": self.gate_duration, f"{PREFIX}gate_rows_per_second": self.gate_rate,
                   f"{PREFIX}quality_score": self.quality_score, f"{PREFIX}quarantined_cells": self.quarantined}
         for name, samples in figures.items():

@@ -9,6 +9,7 @@ is not valid UTF-8 keeps `storage == 'text'` and carries its raw bytes in `b` (w
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ _SERIES_STORAGE = {pl.Int64: "integer", pl.Float64: "real", pl.String: "text", p
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 _HASH_PRIME = 1_000_000_007
 _HASH_MULTIPLIER = 2_654_435_761
+_SEED_MULTIPLIER = 1_540_483_477
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class RowSample:
             f"((({rowid_sql} % {_HASH_PRIME}) * {_HASH_MULTIPLIER} + ?) % {_HASH_PRIME} + {_HASH_PRIME})"
             f" % {_HASH_PRIME} < ?"
         )
-        return expression, (self.seed * 7919 % _HASH_PRIME, threshold)
+        return expression, ((self.seed + 1) * _SEED_MULTIPLIER % _HASH_PRIME, threshold)
 
 
 def read_table(conn: sqlite3.Connection, table: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
@@ -70,14 +72,31 @@ def read_rows(
     names = list(columns) if columns is not None else [column.name for column in table_columns(conn, table)]
     rowid_sql = _rowid_expression(conn, table, names)
     where, params = ("", ()) if sample is None or rowid_sql is None else _where(sample, rowid_sql)
-    try:
-        frame = _read_plain(conn, table, names, rowid_sql, where, params)
-    except sqlite3.OperationalError as error:
-        if "decode" not in str(error).lower():
-            raise
-        log.info("table %s holds text that is not valid UTF-8; reading it as bytes", table)
-        frame = _read_split(conn, table, names, rowid_sql, where, params, text_as_bytes=True)
+    undecodable: list[str] = []
+    while True:
+        plain = [name for name in names if name not in undecodable]
+        try:
+            frame = _read_plain(conn, table, plain, rowid_sql, where, params)
+            break
+        except sqlite3.OperationalError as error:
+            culprit = _undecodable_column(error, plain)
+            if culprit is None:
+                raise
+            log.info("table %s column %s holds text that is not valid UTF-8; reading it as bytes", table, culprit)
+            undecodable.append(culprit)
+    if undecodable:
+        split = _read_split(conn, table, undecodable, rowid_sql, where, params, text_as_bytes=True)
+        frame = frame.with_columns(split.drop(ROWID)).select([ROWID, *names])
     return frame
+
+
+def _undecodable_column(error: sqlite3.OperationalError, names: Sequence[str]) -> str | None:
+    """The column a `Could not decode to UTF-8 column 'x'` error names, if it is one of ours."""
+    match = re.match(r"Could not decode to UTF-8 column '(.*)' with text", str(error), re.DOTALL)
+    if match is None:
+        return None
+    name = match.group(1)
+    return name if name in names else None
 
 
 def raw_series(name: str, storage: str, values: pl.Series) -> pl.Series:
@@ -278,7 +297,7 @@ def _decode_text(values: Sequence[object]) -> tuple[pl.Series, pl.Series]:
     raw = pl.Series(values, dtype=pl.Binary)
     try:
         return raw.cast(pl.String), pl.Series([None] * len(raw), dtype=pl.Binary)
-    except pl.exceptions.InvalidOperationError:
+    except pl.exceptions.PolarsError:
         pass
     # Only a column that really holds invalid UTF-8 gets here; polars has no lenient decoder.
     decoded = [_utf8_or_none(value) for value in values]

@@ -1,0 +1,809 @@
+"""Table sources: the same aggregate questions asked of a SQLite file or a PostgreSQL schema.
+
+The scorer and the rule engine never pull rows into Python. They ask a source for *measures*
+(counts of rows meeting a condition on one column), and the source answers them for a whole
+table with one SQL aggregate query, in the engine, as the values are stored there: in SQLite by
+storage class (`typeof`), in PostgreSQL by the column's real type.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import psycopg
+from psycopg import sql
+
+from servicedesk_etl.dsn import redact_dsn
+from servicedesk_etl.errors import InputError, TargetUnreachable
+from servicedesk_etl.sqlite_source import list_tables, open_readonly, quote_ident, table_columns
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NULL_MARKERS = ("", "NULL", "N/A", "NA", "?", "-", "nan", "None")
+
+# Measure kinds. Every count is over the rows of one table.
+ROWS = "rows"  # all rows
+MISSING = "missing"  # NULL, or text that is empty, whitespace or a null marker
+BLANKS = "blanks"  # not NULL but text that is empty, whitespace or a null marker
+CONFORMING = "conforming"  # present and stored as the planned type (args: target type)
+NUMERIC = "numeric"  # present and a plain number (stored as one, or text that reads as one)
+INTEGER_IN_RANGE = "integer_in_range"  # numeric, integral, within [low, high] (args: low, high; None = open)
+VALUE_IN_RANGE = "value_in_range"  # numeric within the range (args: low, high, low_inclusive, high_inclusive)
+VALUE_EQUALS = "value_equals"  # numeric and equal to args[0]
+DATE_PARSEABLE = "date_parseable"  # present and readable as an ISO date or date-time
+DATE_IN_RANGE = "date_in_range"  # parseable and within [low, high] (args: ISO strings)
+COMPARABLE = "comparable"  # this column and args[0] are both parseable dates
+ORDERED = "ordered"  # comparable and this column <= args[0]
+TEXT_VALUES = "text_values"  # values stored as text (or bytes) in a text column
+NUL_BYTES = "nul_bytes"  # text holding a NUL byte
+CRLF = "crlf"  # text holding a CR LF pair
+INVALID_UTF8 = "invalid_utf8"  # text or bytes that are not valid UTF-8
+DISTINCT_KEYS = "distinct_keys"  # distinct present values, compared as normalised keys
+CONDITION_ROWS = "condition_rows"  # rows whose value is one of args (text, case-insensitive)
+MISSING_WHEN = "missing_when"  # rows where column args[0] is one of args[1:] and this column is missing
+
+MEASURE_KINDS = frozenset(
+    {
+        ROWS, MISSING, BLANKS, CONFORMING, NUMERIC, INTEGER_IN_RANGE, VALUE_IN_RANGE, VALUE_EQUALS, DATE_PARSEABLE,
+        DATE_IN_RANGE, COMPARABLE, ORDERED, TEXT_VALUES, NUL_BYTES, CRLF, INVALID_UTF8, DISTINCT_KEYS,
+        CONDITION_ROWS, MISSING_WHEN,
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One count a source computes for a table: `kind` on `column` with `args`."""
+
+    kind: str
+    column: str | None = None
+    args: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in MEASURE_KINDS:
+            raise ValueError(f"unknown measure kind {self.kind!r}")
+        if self.kind != ROWS and self.column is None:
+            raise ValueError(f"measure {self.kind!r} needs a column")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A logical reference: values of `child_table.child_column` should exist in `parent_table.parent_column`."""
+
+    child_table: str
+    child_column: str
+    parent_table: str
+    parent_column: str
+    ignore_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OrphanCount:
+    checked: int
+    orphans: int
+    examples: tuple[str, ...] = ()
+
+    @property
+    def rate(self) -> float:
+        return self.orphans / self.checked if self.checked else 0.0
+
+
+@runtime_checkable
+class TableSource(Protocol):
+    """Tables, columns and in-engine aggregates of one database (a SQLite file or a PostgreSQL schema).
+
+    `uses_pg_names` says whether tables and columns carry the plan's `pg_name`s (PostgreSQL) or the
+    original names (SQLite snapshot and cleaned file).
+    """
+
+    engine: str
+    label: str
+    uses_pg_names: bool
+
+    def connected(self) -> Any: ...
+
+    def tables(self) -> tuple[str, ...]: ...
+
+    def columns(self, table: str) -> tuple[str, ...]: ...
+
+    def measure(
+        self, table: str, measures: Iterable[Measure], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
+    ) -> dict[Measure, int]: ...
+
+    def duplicate_rows(self, table: str) -> int: ...
+
+    def orphans(self, link: Link, null_markers: Sequence[str] = DEFAULT_NULL_MARKERS) -> OrphanCount: ...
+
+
+def sqlite_source(path: Path | str) -> SqliteSource:
+    """A source over a SQLite file, opened read-only (`sqlite_source.open_readonly`) while in use."""
+    return SqliteSource(Path(path))
+
+
+def postgres_source(dsn: str, schema: str) -> PostgresSource:
+    """A source over one schema of a PostgreSQL database."""
+    return PostgresSource(dsn, schema)
+
+
+def _markers(null_markers: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted({marker.strip().lower() for marker in null_markers} | {""}))
+
+
+def _ordered_unique(measures: Iterable[Measure]) -> list[Measure]:
+    return list(dict.fromkeys(measures))
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+
+_SQLITE_WS = "char(32, 9, 13, 10)"
+_ISO_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+_ISO_DATETIME_GLOB = _ISO_DATE_GLOB + " [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
+_NON_ASCII_GLOB = "*[^" + chr(1) + "-" + chr(127) + "]*"
+_LEADING_WS_GLOB = "[ \t\r\n]*"
+_TIMES_2_32 = 4294967296  # packs two counts into one sum: low + high * 2**32
+_TEXT_STORED = frozenset({"date", "timestamp", "timestamptz"})
+_MAX_CASE_VARIANTS = 64
+
+
+def _case_variants(markers: Sequence[str]) -> list[str]:
+    """Every upper/lower spelling of each marker (capped; long markers get lower, UPPER, Title)."""
+    variants: dict[str, None] = {}
+    for marker in markers:
+        letters = sum(1 for ch in marker if ch.isalpha())
+        if 2**letters > _MAX_CASE_VARIANTS:
+            spellings = [marker.lower(), marker.upper(), marker.title()]
+        else:
+            spellings = [""]
+            for ch in marker:
+                spellings = [s + v for s in spellings for v in dict.fromkeys((ch.lower(), ch.upper()))]
+        variants.update(dict.fromkeys(spellings))
+    return list(variants)
+
+
+class _SqliteExpr:
+    """SQL fragments (with their `?` parameters) for one column of a SQLite table."""
+
+    def __init__(self, column: str, markers: tuple[str, ...]) -> None:
+        self.q = quote_ident(column)
+        self.markers = markers
+
+    @property
+    def trimmed(self) -> str:
+        return f"trim({self.q}, {_SQLITE_WS})"
+
+    @property
+    def is_text(self) -> str:
+        # SQLite orders NULL < numbers < text < blobs, so two comparisons test the storage class
+        # without a function call per cell (typeof() costs as much as the rest of the scan).
+        return f"({self.q} >= '' AND {self.q} < X'')"
+
+    def blank_text(self) -> tuple[str, list[Any]]:
+        """For a text value: a null marker in any common spelling (`NULL`, `null`, `Null`), or
+        whitespace-led text that trims to a marker. Markers compare exactly against their case
+        variants, which is much cheaper per cell than `lower()` or `COLLATE NOCASE`."""
+        variants = _case_variants(self.markers)
+        holes = ", ".join("?" for _ in variants)
+        markers = ", ".join("?" for _ in self.markers)
+        q = self.q
+        leading_ws = f"(({q} >= ' ' AND {q} < '!') OR ({q} >= char(9) AND {q} < char(14)))"
+        return (
+            f"({q} IN ({holes}) OR ({leading_ws} AND lower({self.trimmed}) IN ({markers})))",
+            [*variants, *self.markers],
+        )
+
+    def blank(self) -> tuple[str, list[Any]]:
+        text, params = self.blank_text()
+        return f"({self.is_text} AND {text})", params
+
+    def missing(self) -> tuple[str, list[Any]]:
+        blank, params = self.blank()
+        return f"({self.q} IS NULL OR {blank})", params
+
+    def missing_and_conforming(self, target_type: str) -> tuple[str, list[Any]]:
+        """One CASE per cell: 1 when missing, 2**32 when present and conforming, else 0; summed,
+        the low 32 bits count missing cells and the high bits conforming ones."""
+        blank, params = self.blank_text()
+        text_ok = "1" if target_type == "text" else self.conforming(target_type) if target_type in _TEXT_STORED else "0"
+        other_ok = {
+            "bigint": f"typeof({self.q}) = 'integer'",
+            "numeric": f"{self.q} < ''",
+            "double precision": f"{self.q} < ''",
+            "boolean": f"{self.q} IN (0, 1)",
+            "bytea": f"{self.q} >= X''",
+        }.get(target_type, "0")
+        return (
+            f"sum(CASE WHEN {self.q} IS NULL THEN 1 WHEN {self.is_text} THEN"
+            f" (CASE WHEN {blank} THEN 1 WHEN {text_ok} THEN {_TIMES_2_32} ELSE 0 END)"
+            f" WHEN {other_ok} THEN {_TIMES_2_32} ELSE 0 END)",
+            params,
+        )
+
+    def present(self) -> tuple[str, list[Any]]:
+        text, params = self.missing()
+        return f"NOT {text}", params
+
+    def numeric_text(self) -> str:
+        t = self.trimmed
+        return (
+            f"(typeof({self.q}) = 'text' AND {t} GLOB '*[0-9]*' AND {t} NOT GLOB '*[^0-9.+-]*'"
+            f" AND {t} NOT GLOB '*.*.*' AND {t} NOT GLOB '?*[+-]*')"
+        )
+
+    def numeric(self) -> str:
+        return f"(typeof({self.q}) IN ('integer', 'real') OR {self.numeric_text()})"
+
+    def number(self) -> str:
+        return (
+            f"(CASE WHEN typeof({self.q}) IN ('integer', 'real') THEN {self.q}"
+            f" WHEN {self.numeric_text()} THEN CAST({self.trimmed} AS REAL) END)"
+        )
+
+    def date_parseable(self) -> str:
+        q = self.q
+        return f"(typeof({q}) = 'text' AND {q} GLOB '{_ISO_DATE_GLOB}*' AND julianday({q}) IS NOT NULL)"
+
+    def julian(self) -> str:
+        return f"julianday({self.q})"
+
+    def conforming(self, target_type: str) -> str:
+        """Stored as the target type: canonical ISO text for dates (calendar checked by SQLite's
+        date functions), integers for bigint and booleans (0/1), numbers, text, blobs."""
+        q = self.q
+        fraction = f"(substr({q}, 20, 1) = '.' AND substr({q}, 21, 1) GLOB '[0-9]')"
+        return {
+            "bigint": f"typeof({q}) = 'integer'",
+            "numeric": f"typeof({q}) IN ('integer', 'real')",
+            "double precision": f"typeof({q}) IN ('integer', 'real')",
+            "boolean": f"(typeof({q}) = 'integer' AND {q} IN (0, 1))",
+            "date": f"(typeof({q}) = 'text' AND date({q}) = {q})",
+            "timestamp": f"(typeof({q}) = 'text' AND datetime({q}) = substr({q}, 1, 19)"
+            f" AND (length({q}) = 19 OR ({fraction} AND substr({q}, 21) NOT GLOB '*[^0-9]*')))",
+            "timestamptz": f"(typeof({q}) = 'text' AND substr({q}, 11, 1) = ' '"
+            f" AND substr({q}, -6) GLOB '[+-][0-9][0-9]:[0-9][0-9]' AND julianday({q}) IS NOT NULL"
+            f" AND (length({q}) = 25 OR {fraction}))",
+            "bytea": f"typeof({q}) = 'blob'",
+        }.get(target_type, f"typeof({q}) = 'text'")
+
+    def key(self) -> str:
+        """The value as a comparable key: integral numbers and digit strings as integers."""
+        q = self.q
+        return (
+            f"(CASE WHEN typeof({q}) = 'text' AND {q} GLOB '[0-9]*' AND {q} NOT GLOB '*[^0-9]*' AND length({q}) <= 18"
+            f" THEN CAST({q} AS INTEGER) WHEN typeof({q}) = 'real' AND {q} = CAST({q} AS INTEGER)"
+            f" THEN CAST({q} AS INTEGER) ELSE {q} END)"
+        )
+
+    def in_values(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        holes = ", ".join("?" for _ in values)
+        return f"lower(trim(CAST({self.q} AS TEXT), {_SQLITE_WS})) IN ({holes})", [str(v).strip().lower() for v in values]
+
+
+def _range_condition(value: str, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool) -> tuple[str, list[Any]]:
+    parts, params = [], []
+    if low is not None:
+        parts.append(f"{value} {'>=' if low_inclusive else '>'} ?")
+        params.append(low)
+    if high is not None:
+        parts.append(f"{value} {'<=' if high_inclusive else '<'} ?")
+        params.append(high)
+    return " AND ".join(parts) or "1", params
+
+
+class SqliteSource:
+    """A SQLite file asked set-based questions; values judged by their storage class."""
+
+    engine = "sqlite"
+    uses_pg_names = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.label = f"sqlite:{path}"
+        self._conn: sqlite3.Connection | None = None
+
+    @contextmanager
+    def connected(self) -> Iterator[sqlite3.Connection]:
+        """Hold one read-only connection for the duration of a block (nested blocks share it)."""
+        if self._conn is not None:
+            yield self._conn
+            return
+        self._conn = open_readonly(self.path)
+        try:
+            yield self._conn
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def tables(self) -> tuple[str, ...]:
+        with self.connected() as conn:
+            return tuple(list_tables(conn))
+
+    def columns(self, table: str) -> tuple[str, ...]:
+        with self.connected() as conn:
+            return tuple(column.name for column in table_columns(conn, table))
+
+    def measure(
+        self, table: str, measures: Iterable[Measure], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
+    ) -> dict[Measure, int]:
+        """All `measures` of `table` in one scan. Measures often asked together of one column
+        (missing + conforming, NUL bytes + non-UTF-8 candidates) share one packed sum, so each
+        cell's class is computed once."""
+        wanted = _ordered_unique(measures)
+        if not wanted:
+            return {}
+        markers = _markers(null_markers)
+        fragments, params, readers = [], [], []
+        for group in _packable_groups(wanted):
+            fragment, fragment_params = self._aggregate(group, markers)
+            fragments.append(fragment)
+            params.extend(fragment_params)
+            readers.append(group)
+        query = f"SELECT {', '.join(fragments)} FROM {quote_ident(table)}"
+        counts: dict[Measure, int] = {}
+        with self.connected() as conn:
+            row = conn.execute(query, params).fetchone()
+            for group, value in zip(readers, row, strict=True):
+                counts.update(_unpack(group, int(value or 0)))
+            for measure in wanted:
+                if measure.kind == INVALID_UTF8 and counts[measure]:
+                    counts[measure] = self._invalid_utf8(conn, table, measure.column or "")
+        return counts
+
+    def _aggregate(self, group: tuple[Measure, ...], markers: tuple[str, ...]) -> tuple[str, list[Any]]:
+        if len(group) == 1:
+            return self._condition(group[0], markers)
+        first, second = group
+        column = _SqliteExpr(first.column or "", markers)
+        if first.kind == MISSING:
+            return column.missing_and_conforming(second.args[0])
+        q = column.q
+        return (
+            f"sum(CASE WHEN {column.is_text} THEN (instr(CAST({q} AS BLOB), X'00') > 0)"
+            f" + ({q} GLOB ?) * {_TIMES_2_32} WHEN {q} >= X'' THEN {_TIMES_2_32} ELSE 0 END)",
+            [_NON_ASCII_GLOB],
+        )
+
+    def _condition(self, measure: Measure, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
+        if measure.kind == ROWS:
+            return "count(*)", []
+        column = _SqliteExpr(measure.column or "", markers)
+        if measure.kind == DISTINCT_KEYS:
+            present, params = column.present()
+            return f"count(DISTINCT CASE WHEN {present} THEN {column.key()} END)", params
+        condition, params = self._row_condition(measure, column, markers)
+        return f"count(CASE WHEN {condition} THEN 1 END)", params
+
+    def _row_condition(self, measure: Measure, column: _SqliteExpr, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
+        kind, args, q = measure.kind, measure.args, column.q
+        if kind == MISSING:
+            return column.missing()
+        if kind == BLANKS:
+            return column.blank()
+        if kind == CONFORMING:
+            present, params = column.present()
+            return f"{present} AND {column.conforming(args[0])}", params
+        if kind == NUMERIC:
+            return column.numeric(), []
+        if kind == INTEGER_IN_RANGE:
+            number = column.number()
+            condition, params = _range_condition(number, args[0], args[1], True, True)
+            return f"{column.numeric()} AND {number} = CAST({number} AS INTEGER) AND {condition}", params
+        if kind == VALUE_IN_RANGE:
+            condition, params = _range_condition(column.number(), *args)
+            return f"{column.numeric()} AND {condition}", params
+        if kind == VALUE_EQUALS:
+            return f"{column.numeric()} AND {column.number()} = ?", [args[0]]
+        if kind == DATE_PARSEABLE:
+            return column.date_parseable(), []
+        if kind == DATE_IN_RANGE:
+            julian = column.julian()
+            condition, params = _range_condition(julian, args[0], args[1], True, True)
+            condition = condition.replace("?", "julianday(?)")
+            return f"{column.date_parseable()} AND {condition}", params
+        if kind in (COMPARABLE, ORDERED):
+            later = _SqliteExpr(args[0], markers)
+            condition = f"{column.date_parseable()} AND {later.date_parseable()}"
+            if kind == ORDERED:
+                condition += f" AND {column.julian()} <= {later.julian()}"
+            return condition, []
+        if kind == TEXT_VALUES:
+            return f"{q} >= ''", []
+        if kind == NUL_BYTES:
+            return f"typeof({q}) = 'text' AND instr(CAST({q} AS BLOB), X'00') > 0", []
+        if kind == CRLF:
+            return f"typeof({q}) = 'text' AND instr(CAST({q} AS BLOB), X'0D0A') > 0", []
+        if kind == INVALID_UTF8:
+            return _sqlite_utf8_candidates(q), [_NON_ASCII_GLOB]
+        if kind == CONDITION_ROWS:
+            return column.in_values(args)
+        if kind == MISSING_WHEN:
+            when, when_params = _SqliteExpr(args[0], markers).in_values(args[1:])
+            missing, missing_params = column.missing()
+            return f"{when} AND {missing}", when_params + missing_params
+        raise ValueError(f"measure {kind!r} is not supported by the SQLite source")
+
+    def _invalid_utf8(self, conn: sqlite3.Connection, table: str, column: str) -> int:
+        """Check the distinct non-ASCII candidates (found in SQL) for UTF-8 validity."""
+        q = quote_ident(column)
+        rows = conn.execute(
+            f"SELECT CAST({q} AS BLOB), count(*) FROM {quote_ident(table)}"
+            f" WHERE {_sqlite_utf8_candidates(q)} GROUP BY 1",
+            [_NON_ASCII_GLOB],
+        ).fetchall()
+        return sum(count for raw, count in rows if not _is_utf8(raw))
+
+    def duplicate_rows(self, table: str) -> int:
+        q = quote_ident(table)
+        with self.connected() as conn:
+            total, distinct = conn.execute(
+                f"SELECT (SELECT count(*) FROM {q}), (SELECT count(*) FROM (SELECT DISTINCT * FROM {q}))"
+            ).fetchone()
+        return int(total) - int(distinct)
+
+    def orphans(self, link: Link, null_markers: Sequence[str] = DEFAULT_NULL_MARKERS) -> OrphanCount:
+        markers = _markers(null_markers)
+        child = _SqliteExpr(link.child_column, markers)
+        parent = _SqliteExpr(link.parent_column, markers)
+        present, params = child.present()
+        ignored = f"k NOT IN ({', '.join('?' for _ in link.ignore_values)})" if link.ignore_values else "1"
+        keys = (
+            f"WITH parent AS (SELECT DISTINCT {parent.key()} AS k FROM {quote_ident(link.parent_table)}"
+            f" WHERE {parent.q} IS NOT NULL),"
+            f" child AS (SELECT {child.key()} AS k FROM {quote_ident(link.child_table)} WHERE {present}),"
+            f" checked AS (SELECT k FROM child WHERE {ignored})"
+        )
+        params = params + [str(value) for value in link.ignore_values]
+        with self.connected() as conn:
+            checked, orphans = conn.execute(
+                f"{keys} SELECT count(*), count(CASE WHEN k NOT IN (SELECT k FROM parent) THEN 1 END) FROM checked",
+                params,
+            ).fetchone()
+            examples = conn.execute(
+                f"{keys} SELECT DISTINCT k FROM checked WHERE k NOT IN (SELECT k FROM parent) ORDER BY k LIMIT 5",
+                params,
+            ).fetchall()
+        return OrphanCount(int(checked), int(orphans or 0), tuple(str(k) for (k,) in examples))
+
+
+def _packable_groups(measures: Sequence[Measure]) -> list[tuple[Measure, ...]]:
+    """Pairs (MISSING, CONFORMING) and (NUL_BYTES, INVALID_UTF8) of one column; everything else alone."""
+    by_key = {(measure.kind, measure.column): measure for measure in measures}
+    paired: set[Measure] = set()
+    groups: list[tuple[Measure, ...]] = []
+    for measure in measures:
+        if measure in paired:
+            continue
+        partner_kind = {MISSING: CONFORMING, NUL_BYTES: INVALID_UTF8}.get(measure.kind)
+        partner = by_key.get((partner_kind, measure.column)) if partner_kind else None
+        if partner is not None and partner not in paired and _single(measures, partner):
+            groups.append((measure, partner))
+            paired.update((measure, partner))
+        else:
+            groups.append((measure,))
+    return groups
+
+
+def _single(measures: Sequence[Measure], partner: Measure) -> bool:
+    return sum(1 for other in measures if (other.kind, other.column) == (partner.kind, partner.column)) == 1
+
+
+def _unpack(group: tuple[Measure, ...], value: int) -> dict[Measure, int]:
+    if len(group) == 1:
+        return {group[0]: value}
+    first, second = group
+    return {first: value % _TIMES_2_32, second: value // _TIMES_2_32}
+
+
+def _sqlite_utf8_candidates(q: str) -> str:
+    return f"(typeof({q}) = 'blob' OR (typeof({q}) = 'text' AND {q} GLOB ?))"
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+_PG_FAMILIES = {
+    "bigint": "int", "integer": "int", "smallint": "int",
+    "numeric": "numeric", "double precision": "float", "real": "float",
+    "boolean": "bool", "date": "date",
+    "timestamp without time zone": "timestamp", "timestamp with time zone": "timestamptz",
+    "text": "text", "character varying": "text", "character": "text", "bytea": "bytea",
+}  # fmt: skip
+
+# Which stored families hold each planned target type as that type.
+_CONFORMING_FAMILIES = {
+    "bigint": {"int"},
+    "numeric": {"numeric", "float", "int"},
+    "double precision": {"float", "numeric", "int"},
+    "boolean": {"bool"},
+    "date": {"date"},
+    "timestamp": {"timestamp", "timestamptz"},
+    "timestamptz": {"timestamptz", "timestamp"},
+    "text": {"text"},
+    "bytea": {"bytea"},
+}
+_NUMBER_FAMILIES = {"int", "numeric", "float"}
+_DATE_FAMILIES = {"date", "timestamp", "timestamptz"}
+_PG_NUMBER_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)\s*$"
+_PG_ISO_RE = r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?\s*$"
+_PG_WS = " \t\r\n"
+
+TRUE = sql.SQL("TRUE")
+FALSE = sql.SQL("FALSE")
+
+
+class _PgExpr:
+    """psycopg.sql fragments for one column of a PostgreSQL table, aware of its stored type."""
+
+    def __init__(self, column: str, family: str, markers: tuple[str, ...]) -> None:
+        self.q = sql.Identifier(column)
+        self.family = family
+        self.markers = markers
+
+    def _literals(self, values: Iterable[Any]) -> sql.Composable:
+        return sql.SQL(", ").join(sql.Literal(value) for value in values)
+
+    @property
+    def trimmed(self) -> sql.Composable:
+        return sql.SQL("btrim({}, {})").format(self.q, sql.Literal(_PG_WS))
+
+    def missing(self) -> sql.Composable:
+        if self.family != "text":
+            return sql.SQL("{} IS NULL").format(self.q)
+        return sql.SQL("({q} IS NULL OR lower({t}) IN ({m}))").format(
+            q=self.q, t=self.trimmed, m=self._literals(self.markers)
+        )
+
+    def blank(self) -> sql.Composable:
+        if self.family != "text":
+            return FALSE
+        return sql.SQL("lower({t}) IN ({m})").format(t=self.trimmed, m=self._literals(self.markers))
+
+    def present(self) -> sql.Composable:
+        return sql.SQL("NOT {}").format(self.missing())
+
+    def numeric(self) -> sql.Composable:
+        if self.family in _NUMBER_FAMILIES:
+            return sql.SQL("{} IS NOT NULL").format(self.q)
+        if self.family == "text":
+            return sql.SQL("{} ~ {}").format(self.q, sql.Literal(_PG_NUMBER_RE))
+        return FALSE
+
+    def number(self) -> sql.Composable:
+        if self.family in _NUMBER_FAMILIES:
+            return sql.SQL("{}::double precision").format(self.q)
+        if self.family == "text":
+            return sql.SQL("(CASE WHEN {q} ~ {re} THEN {t}::double precision END)").format(
+                q=self.q, re=sql.Literal(_PG_NUMBER_RE), t=self.trimmed
+            )
+        return sql.SQL("NULL::double precision")
+
+    def date_parseable(self) -> sql.Composable:
+        if self.family in _DATE_FAMILIES:
+            return sql.SQL("{} IS NOT NULL").format(self.q)
+        if self.family == "text":
+            return sql.SQL("{} ~ {}").format(self.q, sql.Literal(_PG_ISO_RE))
+        return FALSE
+
+    def date_key(self) -> sql.Composable:
+        """A value that orders like the date: the timestamp itself, or the ISO text with `T` as a space."""
+        if self.family in _DATE_FAMILIES:
+            return sql.SQL("{}::timestamp").format(self.q)
+        return sql.SQL("replace({}, 'T', ' ')").format(self.trimmed)
+
+    def date_text_key(self) -> sql.Composable:
+        if self.family in _DATE_FAMILIES:
+            return sql.SQL("to_char({}::timestamp, 'YYYY-MM-DD HH24:MI:SS.US')").format(self.q)
+        return sql.SQL("replace({}, 'T', ' ')").format(self.trimmed)
+
+    def conforming(self, target_type: str) -> sql.Composable:
+        allowed = _CONFORMING_FAMILIES.get(target_type, {"text"})
+        return self.present() if self.family in allowed else FALSE
+
+    def key(self) -> sql.Composable:
+        if self.family == "int":
+            return sql.SQL("{}::text").format(self.q)
+        if self.family in ("numeric", "float"):
+            return sql.SQL("(CASE WHEN {q}::numeric = trunc({q}::numeric) THEN trunc({q}::numeric)::text ELSE {q}::text END)").format(
+                q=self.q
+            )
+        if self.family == "text":
+            return sql.SQL("(CASE WHEN {t} ~ '^[0-9]{{1,18}}$' THEN {t}::bigint::text ELSE {q} END)").format(
+                t=self.trimmed, q=self.q
+            )
+        return sql.SQL("{}::text").format(self.q)
+
+    def in_values(self, values: Sequence[Any]) -> sql.Composable:
+        return sql.SQL("lower(btrim({}::text, {})) IN ({})").format(
+            self.q, sql.Literal(_PG_WS), self._literals(str(v).strip().lower() for v in values)
+        )
+
+
+def _pg_range(value: sql.Composable, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool, cast: str = "") -> sql.Composable:
+    parts = []
+    if low is not None:
+        parts.append(sql.SQL("{} {} {}{}").format(value, sql.SQL(">=" if low_inclusive else ">"), sql.Literal(low), sql.SQL(cast)))
+    if high is not None:
+        parts.append(sql.SQL("{} {} {}{}").format(value, sql.SQL("<=" if high_inclusive else "<"), sql.Literal(high), sql.SQL(cast)))
+    return sql.SQL(" AND ").join(parts) if parts else TRUE
+
+
+class PostgresSource:
+    """One schema of a PostgreSQL database; values judged by each column's real type."""
+
+    engine = "postgres"
+    uses_pg_names = True
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.label = f"postgres:{redact_dsn(dsn)}#{schema}"
+        self._conn: psycopg.Connection | None = None
+        self._families: dict[str, dict[str, str]] = {}
+
+    @contextmanager
+    def connected(self) -> Iterator[psycopg.Connection]:
+        """Hold one autocommit connection for the duration of a block (nested blocks share it)."""
+        if self._conn is not None:
+            yield self._conn
+            return
+        try:
+            self._conn = psycopg.connect(self.dsn, autocommit=True)
+        except psycopg.OperationalError as error:
+            raise TargetUnreachable(f"cannot connect to {redact_dsn(self.dsn)}: {error}".splitlines()[0]) from error
+        try:
+            yield self._conn
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def tables(self) -> tuple[str, ...]:
+        with self.connected() as conn:
+            rows = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY table_name",
+                (self.schema,),
+            ).fetchall()
+        return tuple(name for (name,) in rows)
+
+    def column_families(self, table: str) -> dict[str, str]:
+        """Column name -> stored type family (`int`, `numeric`, `float`, `bool`, `date`, `timestamp`, ...)."""
+        if table not in self._families:
+            with self.connected() as conn:
+                rows = conn.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns"
+                    " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                    (self.schema, table),
+                ).fetchall()
+            self._families[table] = {name: _PG_FAMILIES.get(data_type, "other") for name, data_type in rows}
+        return self._families[table]
+
+    def columns(self, table: str) -> tuple[str, ...]:
+        return tuple(self.column_families(table))
+
+    def _table(self, table: str) -> sql.Composable:
+        return sql.Identifier(self.schema, table)
+
+    def _expr(self, table: str, column: str, markers: tuple[str, ...]) -> _PgExpr:
+        families = self.column_families(table)
+        if column not in families:
+            raise InputError(f"{self.schema}.{table} has no column {column!r}")
+        return _PgExpr(column, families[column], markers)
+
+    def measure(
+        self, table: str, measures: Iterable[Measure], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
+    ) -> dict[Measure, int]:
+        wanted = _ordered_unique(measures)
+        if not wanted:
+            return {}
+        markers = _markers(null_markers)
+        with self.connected() as conn:
+            fragments = [self._aggregate(table, measure, markers) for measure in wanted]
+            query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(fragments), self._table(table))
+            row = conn.execute(query).fetchone()
+        return {measure: int(value or 0) for measure, value in zip(wanted, row or (), strict=True)}
+
+    def _aggregate(self, table: str, measure: Measure, markers: tuple[str, ...]) -> sql.Composable:
+        if measure.kind == ROWS:
+            return sql.SQL("count(*)")
+        column = self._expr(table, measure.column or "", markers)
+        if measure.kind == DISTINCT_KEYS:
+            return sql.SQL("count(DISTINCT CASE WHEN {} THEN {} END)").format(column.present(), column.key())
+        return sql.SQL("count(*) FILTER (WHERE {})").format(self._row_condition(table, measure, column, markers))
+
+    def _row_condition(self, table: str, measure: Measure, column: _PgExpr, markers: tuple[str, ...]) -> sql.Composable:
+        kind, args = measure.kind, measure.args
+        if kind == MISSING:
+            return column.missing()
+        if kind == BLANKS:
+            return column.blank()
+        if kind == CONFORMING:
+            return column.conforming(args[0])
+        if kind == NUMERIC:
+            return column.numeric()
+        if kind == INTEGER_IN_RANGE:
+            number = column.number()
+            return sql.SQL("{} AND {} = trunc({}) AND {}").format(
+                column.numeric(), number, number, _pg_range(number, args[0], args[1], True, True)
+            )
+        if kind == VALUE_IN_RANGE:
+            return sql.SQL("{} AND {}").format(column.numeric(), _pg_range(column.number(), *args))
+        if kind == VALUE_EQUALS:
+            return sql.SQL("{} AND {} = {}").format(column.numeric(), column.number(), sql.Literal(args[0]))
+        if kind == DATE_PARSEABLE:
+            return column.date_parseable()
+        if kind == DATE_IN_RANGE:
+            if column.family in _DATE_FAMILIES:
+                bounds = _pg_range(column.date_key(), args[0], args[1], True, True, "::timestamp")
+            else:
+                bounds = _pg_range(column.date_text_key(), args[0], args[1], True, True)
+            return sql.SQL("{} AND {}").format(column.date_parseable(), bounds)
+        if kind in (COMPARABLE, ORDERED):
+            later = self._expr(table, args[0], markers)
+            condition = sql.SQL("{} AND {}").format(column.date_parseable(), later.date_parseable())
+            if kind == COMPARABLE:
+                return condition
+            both_typed = column.family in _DATE_FAMILIES and later.family in _DATE_FAMILIES
+            early_key, late_key = (
+                (column.date_key(), later.date_key()) if both_typed else (column.date_text_key(), later.date_text_key())
+            )
+            return sql.SQL("{} AND {} <= {}").format(condition, early_key, late_key)
+        if kind == TEXT_VALUES:
+            return sql.SQL("{} IS NOT NULL").format(column.q) if column.family == "text" else FALSE
+        if kind == NUL_BYTES or kind == INVALID_UTF8:
+            return FALSE  # PostgreSQL text cannot hold NUL bytes or invalid UTF-8
+        if kind == CRLF:
+            return sql.SQL("strpos({}, chr(13) || chr(10)) > 0").format(column.q) if column.family == "text" else FALSE
+        if kind == CONDITION_ROWS:
+            return column.in_values(args)
+        if kind == MISSING_WHEN:
+            when = self._expr(table, args[0], markers)
+            return sql.SQL("{} AND {}").format(when.in_values(args[1:]), column.missing())
+        raise ValueError(f"measure {kind!r} is not supported by the PostgreSQL source")
+
+    def duplicate_rows(self, table: str) -> int:
+        name = self._table(table)
+        with self.connected() as conn:
+            total, distinct = conn.execute(
+                sql.SQL("SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM (SELECT DISTINCT * FROM {t}) AS d)").format(
+                    t=name
+                )
+            ).fetchone()
+        return int(total) - int(distinct)
+
+    def orphans(self, link: Link, null_markers: Sequence[str] = DEFAULT_NULL_MARKERS) -> OrphanCount:
+        markers = _markers(null_markers)
+        child = self._expr(link.child_table, link.child_column, markers)
+        parent = self._expr(link.parent_table, link.parent_column, markers)
+        ignored = (
+            sql.SQL("k NOT IN ({})").format(sql.SQL(", ").join(sql.Literal(str(v)) for v in link.ignore_values))
+            if link.ignore_values
+            else TRUE
+        )
+        keys = sql.SQL(
+            "WITH parent AS (SELECT DISTINCT {pk} AS k FROM {pt} WHERE {pq} IS NOT NULL),"
+            " child AS (SELECT {ck} AS k FROM {ct} WHERE {present}),"
+            " checked AS (SELECT k FROM child WHERE {ignored})"
+        ).format(
+            pk=parent.key(), pt=self._table(link.parent_table), pq=parent.q,
+            ck=child.key(), ct=self._table(link.child_table), present=child.present(),
+            ignored=ignored,
+        )  # fmt: skip
+        with self.connected() as conn:
+            checked, orphans = conn.execute(
+                sql.SQL("{} SELECT count(*), count(*) FILTER (WHERE k NOT IN (SELECT k FROM parent)) FROM checked").format(keys)
+            ).fetchone()
+            examples = conn.execute(
+                sql.SQL("{} SELECT DISTINCT k FROM checked WHERE k NOT IN (SELECT k FROM parent) ORDER BY k LIMIT 5").format(keys)
+            ).fetchall()
+        return OrphanCount(int(checked), int(orphans or 0), tuple(str(k) for (k,) in examples))

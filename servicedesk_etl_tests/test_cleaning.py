@@ -1,0 +1,399 @@
+"""Gate 2 core: the plan executed into a new SQLite file, with audit, quarantine and reconciliation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from servicedesk_etl.cleaning import (
+    CleanResult,
+    CleanSettings,
+    clean_snapshot,
+    temp_path_for,
+)
+from servicedesk_etl.errors import InputError, ResourceExhausted
+from servicedesk_etl.profiling.plan import ColumnPlan, Conversion, Plan, TablePlan
+from servicedesk_etl.sqlite_source import file_sha256
+
+from .conftest import CORPUS_FILES, REPO_ROOT
+
+MARKERS = ("", "NULL", "N/A", "NA", "?", "-", "nan")
+ISO_DATETIME = ("iso_datetime", "dmy_hm")
+WHOLE_NUMBERS = ("integer", "real", "int_text")
+
+
+def column(name: str, target: str, *, declared: str = "TEXT", formats: Sequence[str] = ("text",),
+           markers: Sequence[str] = (), **conversion: object) -> ColumnPlan:
+    return ColumnPlan(
+        name=name, pg_name=name, declared_type=declared, target_type=target,
+        conversion=Conversion(formats=tuple(formats), null_markers=tuple(markers), **conversion),  # type: ignore[arg-type]
+        confidence=1.0,
+    )
+
+
+def table_plan(name: str, columns: Sequence[ColumnPlan], keys: Sequence[str] = ()) -> TablePlan:
+    return TablePlan(name=name, pg_name=name, row_count=0, columns=tuple(columns), key_columns=tuple(keys))
+
+
+def plan_for(path: Path, *tables: TablePlan) -> Plan:
+    return Plan(source_path=str(path), source_sha256=file_sha256(path), created_at="2026-01-01T00:00:00+00:00",
+                tables=tables)
+
+
+def build_sqlite(path: Path, script: str) -> Path:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(script)
+        conn.commit()
+    return path
+
+
+def rows_of(path: Path, query: str, params: Sequence[object] = ()) -> list[tuple]:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if "cleaning-tmp" in p.name)
+
+
+TICKETS_SQL = """
+CREATE TABLE "tickets" ("TKT-Ticket ID" INTEGER, "TKT-Created Time" TIMESTAMP, "TKT-Parent ID" REAL,
+                        "TKT-Job#/Ref#" TEXT, "select" TEXT);
+INSERT INTO "tickets" (rowid, "TKT-Ticket ID", "TKT-Created Time", "TKT-Parent ID", "TKT-Job#/Ref#", "select") VALUES
+  (1, 101, '2025-05-20 08:42:00', 3000000.0, 'J-1', 'a'),
+  (2, 102, '20/05/2025 8:42', '', 'J-2', 'b'),
+  (3, 103, 'N/A', 'toto', '', 'c'),
+  (4, 104, NULL, X'00FF10', 'J-4', NULL),
+  (5, 105, '  ', 12.5, 'J-5', 'e'),
+  (6, 106, 'not a date', '-', 'J-6', 'f'),
+  (7, '107', '2025-01-02 03:04:05', 7, 'J-7', 'g');
+"""
+
+
+def tickets_plan(path: Path) -> Plan:
+    return plan_for(path, table_plan("tickets", [
+        column("TKT-Ticket ID", "bigint", declared="INTEGER", formats=WHOLE_NUMBERS, markers=MARKERS),
+        column("TKT-Created Time", "timestamp", declared="TIMESTAMP", formats=ISO_DATETIME, markers=MARKERS,
+               day_first=True),
+        column("TKT-Parent ID", "bigint", declared="REAL", formats=WHOLE_NUMBERS, markers=MARKERS),
+        column("TKT-Job#/Ref#", "text"),
+        column("select", "text"),
+    ], keys=("TKT-Ticket ID",)))
+
+
+@pytest.fixture
+def tickets(tmp_path: Path) -> tuple[Path, Plan]:
+    source = build_sqlite(tmp_path / "snapshot.db", TICKETS_SQL)
+    return source, tickets_plan(source)
+
+
+@pytest.fixture
+def cleaned_tickets(tickets: tuple[Path, Plan], tmp_path: Path) -> tuple[Path, CleanResult]:
+    source, plan = tickets
+    return source, clean_snapshot(source, plan, tmp_path / "cleaned.db")
+
+
+def test_output_columns_carry_the_planned_declared_types_and_original_names(cleaned_tickets):
+    _, result = cleaned_tickets
+    declared = rows_of(result.output, "SELECT name, type FROM pragma_table_info('tickets') ORDER BY cid")
+    assert declared == [("TKT-Ticket ID", "INTEGER"), ("TKT-Created Time", "TIMESTAMP"),
+                        ("TKT-Parent ID", "INTEGER"), ("TKT-Job#/Ref#", "TEXT"), ("select", "TEXT")]
+
+
+def test_planted_values_are_converted_and_stored_with_the_target_storage_class(cleaned_tickets):
+    _, result = cleaned_tickets
+    rows = rows_of(result.output, 'SELECT rowid, "TKT-Ticket ID", typeof("TKT-Ticket ID"), "TKT-Created Time",'
+                                  ' "TKT-Parent ID", typeof("TKT-Parent ID") FROM tickets ORDER BY rowid')
+    by_rowid = {row[0]: row[1:] for row in rows}
+    assert by_rowid[1] == (101, "integer", "2025-05-20 08:42:00", 3000000, "integer")
+    assert by_rowid[2][2] == "2025-05-20 08:42:00"
+    assert by_rowid[7][:2] == (107, "integer")
+    assert by_rowid[7][2] == "2025-01-02 03:04:05"
+    assert by_rowid[7][3:] == (7, "integer")
+    assert result.converted_cells >= 3
+
+
+def test_empty_strings_and_null_markers_become_null_and_are_counted(cleaned_tickets):
+    _, result = cleaned_tickets
+    rows = dict(rows_of(result.output, 'SELECT rowid, "TKT-Parent ID" FROM tickets'))
+    assert rows[2] is None and rows[6] is None
+    created = dict(rows_of(result.output, 'SELECT rowid, "TKT-Created Time" FROM tickets'))
+    assert created[3] is None and created[5] is None
+    nulled = dict(rows_of(result.output, "SELECT column_name, sum(count) FROM _audit WHERE table_name = 'tickets'"
+                                         " AND outcome = 'nulled' GROUP BY column_name"))
+    assert nulled == {"TKT-Created Time": 2, "TKT-Parent ID": 2}
+    assert result.nulled_cells == 4
+
+
+def test_unconvertible_values_are_quarantined_with_original_bytes_storage_class_and_reason(cleaned_tickets):
+    _, result = cleaned_tickets
+    entries = rows_of(result.output, "SELECT row_id, key_column, key_value, column_name, value, typeof(value),"
+                                     " storage_class, reason FROM _quarantine ORDER BY column_name, row_id")
+    got = {(row_id, column_name): (key_column, key_value, value, kind, storage)
+           for row_id, key_column, key_value, column_name, value, kind, storage, _ in entries}
+    assert got == {
+        (6, "TKT-Created Time"): ("TKT-Ticket ID", 106, "not a date", "text", "text"),
+        (3, "TKT-Parent ID"): ("TKT-Ticket ID", 103, "toto", "text", "text"),
+        (4, "TKT-Parent ID"): ("TKT-Ticket ID", 104, b"\x00\xff\x10", "blob", "blob"),
+        (5, "TKT-Parent ID"): ("TKT-Ticket ID", 105, 12.5, "real", "real"),
+    }
+    assert all(reason for *_, reason in entries)
+    cleaned = dict(rows_of(result.output, 'SELECT rowid, "TKT-Parent ID" FROM tickets WHERE rowid IN (3, 4, 5)'))
+    assert cleaned == {3: None, 4: None, 5: None}
+    assert result.quarantined_cells == 4
+
+
+def test_audit_records_each_operation_with_count_and_before_after_examples(cleaned_tickets):
+    _, result = cleaned_tickets
+    audit = rows_of(result.output, "SELECT outcome, operation, count, examples FROM _audit"
+                                   " WHERE table_name = 'tickets' AND column_name = 'TKT-Created Time'")
+    counts: dict[str, int] = {}
+    for outcome, _, count, _ in audit:
+        counts[outcome] = counts.get(outcome, 0) + count
+    assert counts == {"kept": 2, "converted": 1, "nulled": 2, "failed": 1} or \
+        counts == {"converted": 3, "nulled": 2, "failed": 1}
+    converted = [json.loads(examples) for outcome, _, _, examples in audit if outcome == "converted"]
+    assert {"rowid": 2, "before": "20/05/2025 8:42", "after": "2025-05-20 08:42:00"} in sum(converted, [])
+    assert all(len(json.loads(examples)) <= 3 for *_, examples in audit)
+
+
+def test_every_column_reconciles_from_the_written_file(cleaned_tickets):
+    source, result = cleaned_tickets
+    parent = next(c for c in result.reconciliation if c.column == "TKT-Parent ID")
+    assert (parent.source_non_null, parent.cleaned_non_null, parent.quarantined, parent.nulled_by_rule,
+            parent.in_removed_duplicates) == (7, 2, 3, 2, 0)
+    assert result.reconciled and all(c.balanced for c in result.reconciliation)
+    assert result.rows_in == {"tickets": 7} and result.rows_out == {"tickets": 7}
+    assert result.source_unchanged and result.source_sha256_before == file_sha256(source)
+
+
+def test_source_file_is_byte_for_byte_unchanged(tickets, tmp_path):
+    source, plan = tickets
+    before = source.read_bytes()
+    result = clean_snapshot(source, plan, tmp_path / "cleaned.db")
+    assert source.read_bytes() == before
+    assert result.source_sha256_after == result.source_sha256_before == file_sha256(source)
+
+
+DUPLICATES_SQL = """
+CREATE TABLE comments (comment_id TEXT, body TEXT);
+INSERT INTO comments (rowid, comment_id, body) VALUES
+  (1, '1', 'a'), (2, '1', 'a'),
+  (3, '2', 'b'), (4, 2, 'c'),
+  (5, NULL, 'd'), (6, NULL, 'd'), (7, NULL, 'e'),
+  (8, '3', 'x'), (9, 'oops', 'x'), (10, 'oops', 'x');
+"""
+
+
+@pytest.fixture
+def comments(tmp_path: Path) -> tuple[Path, Plan]:
+    source = build_sqlite(tmp_path / "comments.db", DUPLICATES_SQL)
+    plan = plan_for(source, table_plan("comments", [
+        column("comment_id", "bigint", formats=WHOLE_NUMBERS, markers=MARKERS),
+        column("body", "text"),
+    ], keys=("comment_id",)))
+    return source, plan
+
+
+def test_keep_first_removes_identical_rows_and_repeated_keys_into_the_quarantine(comments, tmp_path):
+    source, plan = comments
+    result = clean_snapshot(source, plan, tmp_path / "cleaned.db")
+    kept = rows_of(result.output, "SELECT rowid, comment_id, body FROM comments ORDER BY rowid")
+    # 2 repeats row 1; 4 repeats key 2 once '2' is 2; 6 repeats 5 (NULLs equal); 10 repeats 9 after 'oops' failed.
+    assert kept == [(1, 1, "a"), (3, 2, "b"), (5, None, "d"), (7, None, "e"), (8, 3, "x"), (9, None, "x")]
+    removed = rows_of(result.output, "SELECT row_id, key_value, value, reason FROM _quarantine"
+                                     " WHERE column_name IS NULL ORDER BY row_id")
+    assert [(row_id, reason) for row_id, _, _, reason in removed] == [
+        (2, "duplicate_row"), (4, "duplicate_key"), (6, "duplicate_row"), (10, "duplicate_row")]
+    assert json.loads(removed[1][2]) == {"comment_id": 2, "body": "c"} and removed[1][1] == 2
+    assert result.duplicates_removed == {"comments": 4}
+    audit = dict(rows_of(result.output, "SELECT operation, count FROM _audit WHERE column_name IS NULL"
+                                        " AND outcome = 'removed'"))
+    assert audit == {"duplicate_row": 3, "duplicate_key": 1}
+    column_id = next(c for c in result.reconciliation if c.column == "comment_id")
+    assert (column_id.source_non_null, column_id.cleaned_non_null, column_id.quarantined,
+            column_id.in_removed_duplicates) == (7, 3, 2, 2)
+    assert result.reconciled
+
+
+def test_keep_all_keeps_duplicates_but_audits_them(comments, tmp_path):
+    source, plan = comments
+    result = clean_snapshot(source, plan, tmp_path / "cleaned.db",
+                            settings=CleanSettings(duplicate_policy="keep_all"))
+    assert rows_of(result.output, "SELECT count(*) FROM comments") == [(10,)]
+    assert result.duplicates_removed == {"comments": 0}
+    assert rows_of(result.output, "SELECT count(*) FROM _quarantine WHERE column_name IS NULL") == [(0,)]
+    assert dict(rows_of(result.output, "SELECT operation, count FROM _audit WHERE column_name IS NULL")) == {
+        "duplicate_row": 3, "duplicate_key": 1}
+    assert result.reconciled
+
+
+def test_unknown_duplicate_policy_is_refused():
+    with pytest.raises(InputError, match="duplicate policy"):
+        CleanSettings(duplicate_policy="keep_last")
+
+
+def table_dump(path: Path) -> dict[str, list[tuple]]:
+    tables = [name for (name,) in rows_of(path, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    return {name: rows_of(path, f'SELECT rowid, * FROM "{name}" ORDER BY rowid') for name in tables}
+
+
+def test_rerunning_gives_identical_rows_audit_and_quarantine(comments, tmp_path):
+    source, plan = comments
+    first = clean_snapshot(source, plan, tmp_path / "first.db")
+    second = clean_snapshot(source, plan, tmp_path / "second.db")
+    assert table_dump(first.output) == table_dump(second.output)
+    assert first.reconciliation == second.reconciliation
+
+
+def test_output_equal_to_source_is_refused_even_through_a_symlink(tickets, tmp_path):
+    source, plan = tickets
+    before = file_sha256(source)
+    with pytest.raises(InputError, match="source"):
+        clean_snapshot(source, plan, source, force=True)
+    link = tmp_path / "link.db"
+    link.symlink_to(source)
+    with pytest.raises(InputError, match="source"):
+        clean_snapshot(source, plan, link, force=True)
+    assert file_sha256(source) == before
+
+
+def test_existing_output_is_refused_without_force_and_replaced_with_it(tickets, tmp_path):
+    source, plan = tickets
+    output = tmp_path / "cleaned.db"
+    output.write_bytes(b"precious")
+    with pytest.raises(InputError, match="already exists"):
+        clean_snapshot(source, plan, output)
+    assert output.read_bytes() == b"precious"
+    result = clean_snapshot(source, plan, output, force=True)
+    assert rows_of(result.output, "SELECT count(*) FROM tickets") == [(7,)]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
+def test_directory_without_write_permission_is_refused(tickets, tmp_path):
+    source, plan = tickets
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(InputError, match="write permission"):
+        clean_snapshot(source, plan, locked / "cleaned.db")
+
+
+def test_missing_output_directory_is_refused(tickets, tmp_path):
+    source, plan = tickets
+    with pytest.raises(InputError, match="no such directory"):
+        clean_snapshot(source, plan, tmp_path / "absent" / "cleaned.db")
+
+
+def test_plan_that_does_not_cover_the_source_is_refused(tickets, tmp_path):
+    source, plan = tickets
+    partial = plan_for(source, table_plan("tickets", plan.tables[0].columns[:2]))
+    with pytest.raises(InputError, match="profile this file again"):
+        clean_snapshot(source, partial, tmp_path / "cleaned.db")
+    assert not (tmp_path / "cleaned.db").exists() and leftovers(tmp_path) == []
+
+
+def big_source(path: Path, rows: int) -> tuple[Path, Plan]:
+    build_sqlite(path, f"""
+        CREATE TABLE events (id INTEGER, happened TIMESTAMP, amount TEXT, note TEXT);
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+        INSERT INTO events SELECT i, printf('2025-%02d-%02d 10:00:00', i % 12 + 1, i % 28 + 1),
+               CASE WHEN i % 97 = 0 THEN 'N/A' WHEN i % 89 = 0 THEN 'bad' ELSE CAST(i AS TEXT) END,
+               'note ' || i FROM n;
+    """)
+    plan = plan_for(path, table_plan("events", [
+        column("id", "bigint", declared="INTEGER", formats=WHOLE_NUMBERS, markers=MARKERS),
+        column("happened", "timestamp", declared="TIMESTAMP", formats=ISO_DATETIME, markers=MARKERS),
+        column("amount", "bigint", formats=WHOLE_NUMBERS, markers=MARKERS),
+        column("note", "text"),
+    ], keys=("id",)))
+    return path, plan
+
+
+def test_hooks_are_called_every_check_every_rows_rows(tmp_path):
+    source, plan = big_source(tmp_path / "big.db", 2_500)
+    calls: list[tuple[str, int, int]] = []
+    checks: list[int] = []
+    clean_snapshot(source, plan, tmp_path / "cleaned.db", settings=CleanSettings(check_every_rows=1_000),
+                   progress=lambda table, done, total: calls.append((table, done, total)),
+                   health_check=lambda: checks.append(1))
+    assert calls == [("events", 1_000, 2_500), ("events", 2_000, 2_500), ("events", 2_500, 2_500)]
+    assert len(checks) == 3
+
+
+def test_health_check_raising_midway_leaves_no_output_and_an_unchanged_source(tmp_path):
+    source, plan = big_source(tmp_path / "big.db", 5_000)
+    before = file_sha256(source)
+    output = tmp_path / "cleaned.db"
+    calls = []
+
+    def failing_health_check() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise ResourceExhausted("disk below 2x the snapshot")
+
+    with pytest.raises(ResourceExhausted):
+        clean_snapshot(source, plan, output, settings=CleanSettings(check_every_rows=1_000),
+                       health_check=failing_health_check)
+    assert len(calls) == 3
+    assert not output.exists() and leftovers(tmp_path) == []
+    assert file_sha256(source) == before
+    assert clean_snapshot(source, plan, output).reconciled
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from servicedesk_etl.cleaning import CleanSettings, clean_snapshot
+    from servicedesk_etl.profiling.plan import Plan
+
+    source, plan_path, output, marker = sys.argv[1:]
+    calls = []
+
+    def progress(table, done, total):
+        calls.append(done)
+        if len(calls) == 3:
+            Path(marker).write_text(str(done))
+        time.sleep(0.05)
+
+    clean_snapshot(Path(source), Plan.read(plan_path), Path(output),
+                   settings=CleanSettings(check_every_rows=500), progress=progress)
+""")
+
+
+@pytest.mark.slow
+def test_process_killed_midway_leaves_no_output_and_the_step_can_be_rerun(tmp_path):
+    source, plan = big_source(tmp_path / "big.db", 60_000)
+    before = file_sha256(source)
+    plan_path = plan.write(tmp_path / "plan.json")
+    output, marker = tmp_path / "cleaned.db", tmp_path / "working"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(source), str(plan_path), str(output), str(marker)],
+                             cwd=REPO_ROOT)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the child never started writing rows"
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(timeout=30) == -signal.SIGKILL
+
+    assert not output.exists()
+    assert leftovers(tmp_path), "the killed run should have left its hidden temporary file"
+    assert file_sha256(source) == before
+    result = clean_snapshot(source, plan, output)
+    assert result.reconciled and result.rows_out == {"events": 60_000}
+    assert leftovers(tmp_path) == []
+
+
+def test_temp_file_of_a_live_process_is_hidden_beside_the_output(tmp_path):
+    temp = temp_path_for(tmp_path / "cleaned.db")
+    assert temp.parent == tmp_path and temp.name.startswith(".cleaned.db.") and str(os.getpid()) in temp.name
