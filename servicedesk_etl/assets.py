@@ -32,7 +32,7 @@ GROUP = "servicedesk"
 
 
 def run_dir(context: dg.AssetExecutionContext) -> Path:
-    return runs_dir() / context.run_id
+    return runs_dir() / context.run.run_id
 
 
 def progress_logger(context: dg.AssetExecutionContext, step: str) -> TableProgress:
@@ -44,7 +44,7 @@ def start_observing(context: dg.AssetExecutionContext, target: PostgresTarget | 
     """JSON log file for this run (passwords scrubbed); returns the target DSN when one is used."""
     dsn = target.dsn() if target is not None else None
     register_secret_dsn(dsn)
-    configure_logging(state_dir(), run_id=context.run_id, console=False)
+    configure_logging(state_dir(), run_id=context.run.run_id, console=False)
     return dsn
 
 
@@ -127,7 +127,7 @@ def canary_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact
                   gates: GateSettings) -> Iterator[Any]:
     """A deterministic ~10% sample of every table loaded with the real DDL; dropped when its gates pass."""
     dsn = start_observing(context, target)
-    outcome = canary_step(cleaned_db, dsn=dsn, run_id=context.run_id, settings=gates.settings(),
+    outcome = canary_step(cleaned_db, dsn=dsn, run_id=context.run.run_id, settings=gates.settings(),
                           progress=progress_logger(context, "canary load"))
     yield from emit(context, "canary_schema", outcome, {"dagster/row_count": outcome.metadata["rows"]})
 
