@@ -26,7 +26,7 @@ from servicedesk_etl.resources import GateSettings, PostgresTarget, SnapshotReso
 from servicedesk_etl.observability import LogProgressSink, TableProgress, configure_logging, register_secret_dsn
 from servicedesk_etl.observability.health import HealthCheck
 from servicedesk_etl.observability.steps import record_step
-from servicedesk_etl.settings import runs_dir, state_dir
+from servicedesk_etl.settings import pg_backups_dir, runs_dir, state_dir
 
 GROUP = "servicedesk"
 
@@ -113,6 +113,7 @@ def cleaned_db(context: dg.AssetExecutionContext, sqlite_backup: BackupArtifact,
         run_dir(context) / "cleaned.db",
         score_before=profile_report.quality_score,
         dimensions_before=profile_report.dimensions,
+        snapshot_sha256=sqlite_backup.source_sha256,
         settings=settings,
         progress=progress_logger(context, "cleaning"),
         health_check=health,
@@ -137,7 +138,7 @@ def production_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArti
                       target: PostgresTarget, gates: GateSettings) -> Iterator[Any]:
     """The full load into a new version schema, then an atomic cutover to `servicedesk`."""
     dsn = start_observing(context, target)
-    outcome = production_step(cleaned_db, dsn=dsn, settings=gates.settings(),
+    outcome = production_step(cleaned_db, dsn=dsn, settings=gates.settings(), backup_dir=pg_backups_dir(),
                               progress=progress_logger(context, "production load"))
     extra = {**column_schema_of(cleaned_db.plan_path), "dagster/row_count": outcome.metadata["rows"]}
     yield from emit(context, "production_schema", outcome, extra, fail_when_blocked=True)

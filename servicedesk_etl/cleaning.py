@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 import psutil
 
-from servicedesk_etl.errors import GateFailed, InputError
+from servicedesk_etl.errors import GateFailed, InputError, ResourceExhausted
 from servicedesk_etl.profiling.convert import ConvertedColumn, convert_column
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
 from servicedesk_etl.profiling.values import RowSample, read_rows
@@ -211,9 +211,12 @@ def clean_snapshot(
     try:
         with closing(open_readonly(source)) as src:
             _refuse_plan_not_matching(src, plan)
+            # One read transaction: every read and the reconciliation see the same snapshot.
+            src.execute("BEGIN")
             outcomes = _write_cleaned_file(src, plan, temp, settings, hooks)
             reconciliation = _reconcile_with_file(src, temp, plan)
         _fsync_file(temp)
+        _remove_sqlite_file(output)
         os.replace(temp, output)
         _fsync_directory(output.parent)
     except BaseException:
@@ -277,6 +280,7 @@ def _owner_pid(temp: Path, output: Path) -> int | None:
 
 
 def _remove_sqlite_file(path: Path) -> None:
+    """The file and its journals: a journal left beside a replaced file would be replayed into the new one."""
     for sidecar in SQLITE_SIDECARS:
         Path(f"{path}{sidecar}").unlink(missing_ok=True)
 
@@ -322,7 +326,8 @@ def _exclusive_transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
@@ -335,13 +340,18 @@ def _write_cleaned_file(
         # Durability comes from the fsync before the rename; the transaction gives all-or-nothing.
         dst.execute("PRAGMA synchronous = OFF")
         dst.execute("PRAGMA cache_size = -65536")
-        with _exclusive_transaction(dst):
-            dst.execute(_AUDIT_DDL)
-            dst.execute(_QUARANTINE_DDL)
-            dst.execute(_CANDIDATES_DDL)
-            for table in plan.tables:
-                outcomes[table.name] = _clean_table(src, dst, table, settings, hooks)
-            dst.execute("DROP TABLE temp._candidates")
+        try:
+            with _exclusive_transaction(dst):
+                dst.execute(_AUDIT_DDL)
+                dst.execute(_QUARANTINE_DDL)
+                dst.execute(_CANDIDATES_DDL)
+                for table in plan.tables:
+                    outcomes[table.name] = _clean_table(src, dst, table, settings, hooks)
+                dst.execute("DROP TABLE temp._candidates")
+        except sqlite3.OperationalError as error:
+            if "full" in str(error).lower():
+                raise ResourceExhausted(f"{temp.parent}: disk full while writing the cleaned file") from error
+            raise
         _require_integrity(dst, temp)
     return outcomes
 
@@ -369,8 +379,8 @@ class _AuditTally:
     def __init__(self) -> None:
         self._entries: dict[tuple[int, str, str], tuple[int, list[dict[str, Any]]]] = {}
 
-    def add(self, raw: pl.DataFrame, conversions: Sequence[ConvertedColumn]) -> None:
-        for position, converted in enumerate(conversions):
+    def add(self, table: TablePlan, raw: pl.DataFrame, conversions: Sequence[ConvertedColumn]) -> None:
+        for position, (column, converted) in enumerate(zip(table.columns, conversions)):
             groups = (
                 pl.DataFrame({"outcome": converted.outcome, "operation": converted.operation})
                 .with_row_index("index")
@@ -379,14 +389,13 @@ class _AuditTally:
                 .group_by("outcome", "operation", maintain_order=True)
                 .agg(count=pl.len(), examples=pl.col("index").head(EXAMPLES_PER_OPERATION))
             )
-            source = raw.columns[position + 1]
             for outcome, operation, count, indices in groups.iter_rows():
                 known, examples = self._entries.get((position, outcome, operation), (0, []))
                 wanted = indices[: EXAMPLES_PER_OPERATION - len(examples)]
                 examples = examples + [
                     {
                         "rowid": raw["_rowid"][index],
-                        "before": _display_raw(raw[source][index]),
+                        "before": _display_raw(raw[column.name][index]),
                         "after": _display_value(converted.values[index]),
                     }
                     for index in wanted
@@ -421,7 +430,7 @@ def _clean_table(
         cleaned = _cleaned_frame(raw["_rowid"], conversions)
         key = _key_of(table, cleaned)
         quarantined += _quarantine_failed_cells(dst, table, raw, conversions, key)
-        tally.add(raw, conversions)
+        tally.add(table, raw, conversions)
         fingerprints.append(_fingerprints(cleaned, _key_positions(table)))
         nulled += sum(int((c.outcome == "nulled").sum()) for c in conversions)
         converted_cells += sum(int((c.outcome == "converted").sum()) for c in conversions)

@@ -148,9 +148,18 @@ def sample_filter(
     if total < small_table_rows:
         return "", ()
     register_canary_function(conn)
-    key = ", ".join(quote_ident(name) for name in table.key_columns) or "rowid"
+    key = ", ".join(quote_ident(name) for name in table.key_columns or _row_identity(conn, table))
     threshold = round(sample_percent * CANARY_BUCKETS / 100)
     return f" WHERE {CANARY_FUNCTION}(?, {key}) < ?", (seed, threshold)
+
+
+def _row_identity(conn: sqlite3.Connection, table: TablePlan) -> tuple[str, ...]:
+    """The rowid, or every column for a WITHOUT ROWID table (whose primary key the plan did not give)."""
+    try:
+        conn.execute(f"SELECT _rowid_ FROM {quote_ident(table.name)} LIMIT 0")
+    except sqlite3.OperationalError:
+        return tuple(column.name for column in table.columns)
+    return ("_rowid_",)
 
 
 def select_rows(table: TablePlan, where: str = "", order: Sequence[ColumnPlan] | None = None) -> str:
@@ -289,7 +298,8 @@ def load_schema(
     """Create `schema` (it must not exist) and load every plan table of `cleaned` into it.
 
     With `sample_percent`, a deterministic sample of each table (see `sample_filter`).
-    `progress(table, rows_done, rows_total)` is called from the worker threads after each chunk.
+    `progress(table, rows_done, rows_total)` is called from the worker threads after each chunk
+    (for a sampled table `rows_total` is the expected sample size).
     On any failure the schema is dropped and the error re-raised.
     """
     started = time.perf_counter()
@@ -397,7 +407,9 @@ def _load_table(
         where, params = sample_filter(
             source, table, sample_percent=sample_percent, seed=seed, small_table_rows=small_table_rows
         )
-        total = source.execute(f"SELECT count(*) FROM {quote_ident(table.name)}{where}", params).fetchone()[0]
+        total = source.execute(f"SELECT count(*) FROM {quote_ident(table.name)}").fetchone()[0]
+        if where:  # an estimate: counting the sample exactly would cost a second hashing pass
+            total = round(total * (sample_percent or 100) / 100)
         with connect_target(dsn) as conn:
             conn.execute(create_table_sql(schema, table))
             for statement in comment_statements(schema, table):

@@ -20,6 +20,7 @@ from servicedesk_etl.dsn import scrub
 from servicedesk_etl.errors import TargetUnreachable
 from servicedesk_etl.gates import GateResult
 from servicedesk_etl.profiling.plan import Plan
+from servicedesk_etl.settings import LIVE_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ class SchemaArtifact:
     rows: dict[str, int]
     live: bool
     previous_live: str | None = None
+
+
+def live_schema_exists(dsn: str) -> bool:
+    with connect(dsn) as conn:
+        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (LIVE_SCHEMA,)).fetchone() is not None
 
 
 def drop_schema(dsn: str, schema: str) -> None:
@@ -294,12 +300,17 @@ def clean_step(
     *,
     score_before: float,
     dimensions_before: dict[str, float] | None = None,
+    snapshot_sha256: str | None = None,
     settings: PipelineSettings,
     progress: Progress | None = None,
     health_check: HealthCheck | None = None,
     force: bool = False,
 ) -> StepOutcome[CleanedArtifact]:
-    """Execute the plan into a new SQLite file and gate on quality, reconciliation and an untouched source."""
+    """Execute the plan into a new SQLite file and gate on quality, reconciliation and an untouched source.
+
+    `snapshot_sha256` is the checksum of the snapshot the user gave (the version records it); by
+    default, that of `source`.
+    """
     from servicedesk_etl.cleaning import CleanSettings, clean_snapshot
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
 
@@ -349,7 +360,8 @@ def clean_step(
                       "duplicates_removed": dict(result.duplicates_removed)},
         ),
     )
-    artifact = CleanedArtifact(result.output, plan_path, result.source_sha256_before, dict(result.rows_out), after.score)
+    artifact = CleanedArtifact(result.output, plan_path, snapshot_sha256 or result.source_sha256_before,
+                               dict(result.rows_out), after.score)
     metadata = {
         "rows": sum(result.rows_out.values()),
         "rows_per_table": dict(result.rows_out),
@@ -423,9 +435,10 @@ def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: Pi
     return StepOutcome(SchemaArtifact(schema, rows, live=False), tuple(gates), metadata, elapsed_since(start))
 
 
-def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSettings,
+def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSettings, backup_dir: Path,
                     progress: Progress | None = None) -> StepOutcome[SchemaArtifact]:
     """Load everything into a new version schema; only when its gates pass, back up the live schema and cut over."""
+    from servicedesk_etl.backup import pg_dump_schema
     from servicedesk_etl.cutover import promote, register_version
     from servicedesk_etl.loading import load_schema, version_schema_name
     from servicedesk_etl.profiling.score import postgres_source, score_quality
@@ -453,6 +466,9 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
     if any(gate.stops_the_run for gate in gates):
         metadata["live"] = False
         return StepOutcome(SchemaArtifact(schema, rows, live=False), tuple(gates), metadata, elapsed_since(start))
+    if live_schema_exists(dsn):
+        dump = pg_dump_schema(dsn, LIVE_SCHEMA, backup_dir)
+        metadata.update({"live_schema_backup": str(dump.path), "live_schema_backup_sha256": dump.sha256})
     cutover = promote(dsn, schema, keep=settings.keep_versions)
     metadata.update({"live": True, "previous_live": cutover.previous_version, "dropped_versions": list(cutover.dropped)})
     artifact = SchemaArtifact(schema, rows, live=True, previous_live=cutover.previous_version)

@@ -41,3 +41,8 @@ def runs_dir() -> Path:
     path = state_dir() / "runs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def pg_backups_dir() -> Path:
+    """Where the live schema is dumped (pg_dump, custom format) before a cutover replaces it."""
+    return state_dir() / "backups" / "postgres"

@@ -365,3 +365,17 @@ def test_a_malformed_dsn_is_an_input_error_without_the_password(tmp_path):
     with pytest.raises(InputError) as caught:
         load_schema(cleaned, plan, "host=x password=topsecret-1 port", "v1")
     assert "topsecret-1" not in str(caught.value)
+
+
+def test_canary_of_a_keyless_without_rowid_table_samples_by_its_values(tmp_path, fresh_database):
+    path = tmp_path / "c.db"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE pairs (a INTEGER, b TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID")
+        conn.executemany("INSERT INTO pairs VALUES (?, ?)", [(i, f"b{i}") for i in range(3000)])
+    conn.close()
+    plan = Plan(source_path=str(path), source_sha256="0", created_at="x",
+                tables=(table_plan("pairs", [column("a", "bigint"), column("b", "text")], 3000),))
+    result = load_schema(path, plan, fresh_database, "c", sample_percent=10)
+    expected = sum(1 for i in range(3000) if canary_bucket(0, i, f"b{i}") < 1000)
+    assert result.tables[0].rows == expected and 200 < expected < 400

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from servicedesk_etl.runner import RunSummary
 from servicedesk_etl.cli.app import app, console, fail
 from servicedesk_etl.dsn import redact_dsn
 from servicedesk_etl.gates import GateResult
-from servicedesk_etl.settings import configured_dsn, state_dir
+from servicedesk_etl.settings import configured_dsn, pg_backups_dir, state_dir
 
 SourceOption = Annotated[Path, typer.Option("--source", help="The SQLite snapshot (opened read-only).")]
 DsnOption = Annotated[
@@ -32,9 +33,18 @@ def resolve_dsn(given: str | None) -> str:
     from servicedesk_etl.pipeline import connect
 
     dsn = given or configured_dsn() or embedded_dsn(state_dir())
+    start_logging(dsn)
     with connect(dsn) as conn:
         conn.execute("SELECT 1")
     return dsn
+
+
+def start_logging(dsn: str | None = None) -> None:
+    """The JSON log file in the state directory for this command (DSN passwords scrubbed)."""
+    from servicedesk_etl.observability import configure_logging, register_secret_dsn
+
+    register_secret_dsn(dsn)
+    configure_logging(state_dir(), console=False)
 
 
 def check_snapshot(path: Path) -> Path:
@@ -192,7 +202,10 @@ def clean(
     from servicedesk_etl.profiling.plan import Plan
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
 
+    from servicedesk_etl.observability import HealthCheck, TableProgress, default_progress_sink
+
     snapshot = check_snapshot(source)
+    start_logging()
     settings = PipelineSettings()
     with tempfile.TemporaryDirectory(prefix="servicedesk-clean-") as scratch:
         if plan is None:
@@ -203,13 +216,11 @@ def clean(
                 plan_doc = Plan.read(plan)
             except (OSError, ValueError) as error:
                 raise InputError(f"{plan}: not a usable plan ({error})") from error
-        before = score_quality(sqlite_source(snapshot), plan_doc).score
-        with console.status("cleaning...") as status:
-            def progress(table: str, done: int, total: int) -> None:
-                status.update(f"cleaning {table}: {done:,}/{total:,} rows")
-
-            outcome = clean_step(snapshot, plan, output, score_before=before, settings=settings,
-                                 progress=progress, force=force)
+        before = score_quality(sqlite_source(snapshot), plan_doc)
+        health = HealthCheck([output.parent], settings.min_free_disk_bytes, settings.min_available_memory_bytes)
+        progress = TableProgress("cleaning", lambda: default_progress_sink(logging.getLogger("servicedesk_etl"), console))
+        outcome = clean_step(snapshot, plan, output, score_before=before.score, dimensions_before=dict(before.dimensions),
+                             settings=settings, progress=progress, health_check=health, force=force)
         write_plan_beside(output, plan_doc)
     console.print(f"cleaned {outcome.metadata['rows']:,} rows into {output} in {outcome.seconds:.2f}s "
                   f"({outcome.metadata['quarantined_cells']} cells quarantined)")
@@ -256,7 +267,7 @@ def migrate(
     print_gates(canary.gates)
     if canary_only or any(gate.stops_the_run for gate in canary.gates):
         exit_for(canary.gates)
-    production = production_step(cleaned, dsn=dsn, settings=settings)
+    production = production_step(cleaned, dsn=dsn, settings=settings, backup_dir=pg_backups_dir())
     console.print(f"version {production.artifact.schema}: {production.metadata['rows']:,} rows")
     print_gates(production.gates)
     if production.artifact.live:
@@ -285,11 +296,11 @@ def status(target_dsn: DsnOption = None, as_json: JsonFlag = False) -> None:
         print(json.dumps([dataclasses.asdict(v) for v in versions], indent=2, default=str))
         return
     table = Table(title="servicedesk versions")
-    for heading in ("version", "live", "rows", "loaded at", "source sha256"):
-        table.add_column(heading)
+    for heading in ("version", "live", "status", "rows", "loaded at (UTC)", "source sha256"):
+        table.add_column(heading, no_wrap=heading in {"version", "loaded at (UTC)"})
     for version in versions:
-        table.add_row(version.schema, "yes" if version.is_live else "", f"{sum(version.row_counts.values()):,}",
-                      str(version.loaded_at), (version.source_sha256 or "")[:16])
+        table.add_row(version.schema, "yes" if version.is_live else "", version.status, f"{version.rows:,}",
+                      version.loaded_at.strftime("%Y-%m-%d %H:%M:%S"), (version.source_sha256 or "")[:12])
     console.print(table)
 
 

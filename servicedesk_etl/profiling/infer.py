@@ -185,17 +185,36 @@ def plan_column(source: SourceColumn, raw: pl.Series, pg_name: str, settings: Pr
 
 def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSettings) -> tuple[_Candidate, str]:
     """The target type and conversion, with the reason a person can check."""
-    eligible = values.filter((pl.col("storage") != "null") & ~_marker_mask(values, settings.null_markers))
-    total = int(eligible["n"].sum())
+    date_named = bool(DATE_NAME.search(source.name) or DATE_DECLARED.search(source.declared_type)) and not _id_like(
+        source.name
+    )
+    flagged = _screened(values, settings, date_named)
+    sums = flagged.select(
+        [pl.col("n").filter(pl.col(flag)).sum().alias(flag) for flag in _SCREENS]
+    ).row(0, named=True)
+    total = sums["eligible"] or 0
     declared = source.declared_type or "no declared type"
     if total == 0:
         target = _declared_target(source.declared_type)
         conversion = _conversion(target, _all_formats(target), settings)
         return _Candidate(target, conversion, 0, 0), f"no non-null values; type from the declared label ({declared})"
-    if int(eligible.filter(pl.col("storage") == "blob")["n"].sum()) == total:
+    if sums["blob"] == total:
         conversion = _conversion("bytea", BYTES_FORMAT_IDS, settings)
         return _Candidate("bytea", conversion, total, 0), f"every value is a blob ({declared})"
-    typed, plausible = _typed_candidates(source, values, eligible, total, settings)
+    enough = settings.min_typed_confidence * total
+    typed: list[_Candidate] = []
+    if sums["worded"] >= enough:
+        typed += _boolean_candidates(source, flagged.filter(pl.col("worded")), values, settings)
+    if sums["shaped"] >= enough:
+        dates = (
+            _date_candidates(source, flagged.filter(pl.col("separated")), values, settings, date_named)
+            if sums["separated"]
+            else []
+        )
+        shaped = flagged.filter(pl.col("shaped"))
+        numbers = [] if _has_leading_zeros(shaped) else _number_candidates(source, shaped, values, settings)
+        typed += dates + numbers if date_named else numbers + dates
+    eligible = flagged.filter(pl.col("eligible"))
     storages = _storage_summary(eligible)
     best = max(typed, key=lambda c: c.confidence) if typed else None
     if best is not None and best.confidence >= settings.min_typed_confidence:
@@ -203,6 +222,7 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
         return best, f"{reason}; {best.note}" if best.note else reason
     text = _Candidate("text", _conversion("text", TEXT_FORMAT_IDS, settings, eligible), total, 0)
     if best is None:
+        plausible = max(sums["worded"], sums["shaped"])
         return text, (
             f"text: at most {plausible / total:.2%} of {total} non-null values look like a number, boolean or date "
             f"(< {settings.min_typed_confidence:.0%}; {storages}; declared {declared})"
@@ -214,33 +234,26 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
     )
 
 
-def _typed_candidates(
-    source: SourceColumn, values: pl.DataFrame, eligible: pl.DataFrame, total: int, settings: ProfileSettings
-) -> tuple[list[_Candidate], int]:
-    """Boolean, number and date readings in preference order (ties keep the earlier one), and how
-    many values pass the cheap screens at all.
+_SCREENS = ("eligible", "blob", "worded", "shaped", "separated")
+_BOOLEAN_WORDS = [word for spec in BOOLEAN_FORMATS.values() for word in (spec.true_text, spec.false_text)]
 
-    Cheap screens pick the values worth probing for formats; candidates are measured on all values.
+
+def _screened(values: pl.DataFrame, settings: ProfileSettings, date_named: bool) -> pl.DataFrame:
+    """Flags for cheap screens: which values are worth probing as booleans, numbers or dates.
+
+    Candidates are still measured on every value; the screens only decide what to probe for
+    formats and skip probing when too few values could possibly convert.
     """
-    text = eligible.filter(pl.col("storage") == "text")
     not_text = pl.col("storage") != "text"
-    shaped = eligible.filter(not_text | (pl.col("t").str.contains(NUMBER_OR_DATE_SHAPE) & pl.col("t").str.contains(r"\d")))
-    vocabulary = [word for spec in BOOLEAN_FORMATS.values() for word in (spec.true_text, spec.false_text)]
-    worded = eligible.filter(not_text | pl.col("t").str.to_lowercase().is_in(vocabulary))
-    enough = settings.min_typed_confidence * total
-    plausible = max(int(worded["n"].sum()), int(shaped["n"].sum()))
-    candidates: list[_Candidate] = []
-    if int(worded["n"].sum()) >= enough:
-        candidates += _boolean_candidates(source, worded, values, settings)
-    if int(shaped["n"].sum()) < enough:
-        return candidates, plausible
-    date_named = bool(DATE_NAME.search(source.name) or DATE_DECLARED.search(source.declared_type)) and not _id_like(
-        source.name
+    eligible = (pl.col("storage") != "null") & ~_marker_expression(settings.null_markers)
+    digits = pl.col("t").str.contains(NUMBER_OR_DATE_SHAPE) & pl.col("t").str.contains(r"\d")
+    return values.with_columns(eligible=eligible).with_columns(
+        blob=pl.col("eligible") & (pl.col("storage") == "blob"),
+        worded=pl.col("eligible") & (not_text | pl.col("t").str.to_lowercase().is_in(_BOOLEAN_WORDS)).fill_null(False),
+        shaped=pl.col("eligible") & (not_text | digits).fill_null(False),
+    ).with_columns(
+        separated=pl.col("shaped") & (pl.col("t").str.contains(r"[/:\-]") | (pl.lit(date_named) & not_text)).fill_null(False),
     )
-    separated = shaped.filter(pl.col("t").str.contains(r"[/:\-]") | (pl.lit(date_named) & not_text))
-    dates = _date_candidates(source, separated, values, settings, date_named) if separated.height else []
-    numbers = [] if _has_leading_zeros(text) else _number_candidates(source, shaped, values, settings)
-    return candidates + (dates + numbers if date_named else numbers + dates), plausible
 
 
 def _boolean_candidates(
@@ -429,22 +442,22 @@ def _declared_target(declared: str) -> str:
     return "text"
 
 
-def _has_leading_zeros(text: pl.DataFrame) -> bool:
+def _has_leading_zeros(values: pl.DataFrame) -> bool:
     """Codes like `0123` are text: reading them as numbers would lose the zeros."""
-    return text.height > 0 and bool(text["t"].str.contains(LEADING_ZERO).any())
+    return values.height > 0 and bool(values["t"].str.contains(LEADING_ZERO).any())
 
 
 def _id_like(name: str) -> bool:
     return bool(ID_NAME_STRICT.search(name))
 
 
-def _marker_mask(values: pl.DataFrame, markers: Sequence[str]) -> pl.Series:
+def _marker_expression(markers: Sequence[str]) -> pl.Expr:
+    """Text values a typed column treats as NULL: `''` covers empty and whitespace-only strings."""
     named = [marker.strip().lower() for marker in markers if marker.strip()]
-    is_text = (values["storage"] == "text") & values["s"].is_not_null()
-    lowered = values["t"].str.to_lowercase()
-    mask = is_text & lowered.is_in(named)
+    is_text = (pl.col("storage") == "text") & pl.col("s").is_not_null()
+    mask = is_text & pl.col("t").str.to_lowercase().is_in(named)
     if any(not marker.strip() for marker in markers):
-        mask = mask | (is_text & (values["t"] == ""))
+        mask = mask | (is_text & (pl.col("t") == ""))
     return mask.fill_null(False)
 
 
@@ -460,53 +473,60 @@ def _storage_summary(values: pl.DataFrame) -> str:
 # --- the evidence -------------------------------------------------------------------------------
 
 
-def _profile(values: pl.DataFrame, converted, settings: ProfileSettings) -> ColumnProfile:  # noqa: ANN001
-    frame = values.with_columns(
-        outcome=converted.outcome, operation=converted.operation, reason=converted.reason
-    )
-    weight = frame["n"]
-    text = frame.filter((pl.col("storage") == "text") & pl.col("s").is_not_null())
-    lowered = text["t"].str.to_lowercase()
-    markers = {}
-    for marker in settings.null_markers:
-        if marker.strip():
-            count = int(text["n"].filter(lowered == marker.strip().lower()).sum())
-            if count:
-                markers[marker] = count
-    failed = frame.filter(pl.col("outcome") == "failed").sort("n", descending=True)
-    succeeded = frame.filter(pl.col("outcome").is_in(SUCCESS))
+def _profile(values: pl.DataFrame, converted: ConvertedColumn, settings: ProfileSettings) -> ColumnProfile:
+    frame = values.with_columns(outcome=converted.outcome, operation=converted.operation)
+    n, s, t = pl.col("n"), pl.col("s"), pl.col("t")
+    text = (pl.col("storage") == "text") & s.is_not_null()
+    succeeded = pl.col("outcome").is_in(SUCCESS)
+    failed = pl.col("outcome") == "failed"
+    named = [marker for marker in settings.null_markers if marker.strip()]
+    counts = frame.select(
+        n.sum().alias("rows"),
+        n.filter(pl.col("storage") == "null").sum().alias("nulls"),
+        n.filter(text & (s == "")).sum().alias("empty"),
+        n.filter(text & (s != "") & (t == "")).sum().alias("whitespace"),
+        (pl.col("storage") != "null").sum().alias("distinct"),
+        n.filter(succeeded).sum().alias("convertible"),
+        n.filter(failed).sum().alias("unconvertible"),
+        s.filter(text).str.len_chars().max().alias("max_length"),
+        n.filter(text & s.str.contains("\x00", literal=True)).sum().alias("nul"),
+        n.filter(text & s.str.contains("\r\n", literal=True)).sum().alias("crlf"),
+        n.filter((pl.col("storage") == "text") & s.is_null() & pl.col("b").is_not_null()).sum().alias("invalid"),
+        *[
+            n.filter(text & (t.str.to_lowercase() == marker.strip().lower())).sum().alias(f"marker{k}")
+            for k, marker in enumerate(named)
+        ],
+    ).row(0, named=True)
     evidence = (
-        succeeded.group_by("operation")
-        .agg(pl.col("n").sum(), pl.struct("storage", "i", "r", "s", "b").first().alias("example"))
-        .sort("n", descending=True)
+        frame.filter(succeeded)
+        .group_by("operation")
+        .agg(n.sum(), pl.struct("storage", "i", "r", "s", "b").first().alias("example"))
+        .sort(["n", "operation"], descending=[True, False])
     )
-    examples = _display(evidence["example"]) if evidence.height else []
+    worst = frame.filter(failed).sort("n", descending=True).head(settings.max_counterexamples)
+    storages = frame.group_by("storage").agg(n.sum())
     return ColumnProfile(
-        rows=int(weight.sum()),
-        nulls=_weight(frame, pl.col("storage") == "null"),
-        empty_strings=_weight(text, pl.col("s") == ""),
-        whitespace_only=_weight(text, (pl.col("s") != "") & (pl.col("t") == "")),
-        null_markers=markers,
-        storage_classes={storage: int(n) for storage, n in frame.group_by("storage").agg(pl.col("n").sum()).iter_rows()},
-        distinct_values=int((frame["storage"] != "null").sum()),
+        rows=counts["rows"] or 0,
+        nulls=counts["nulls"] or 0,
+        empty_strings=counts["empty"] or 0,
+        whitespace_only=counts["whitespace"] or 0,
+        null_markers={marker: counts[f"marker{k}"] for k, marker in enumerate(named) if counts[f"marker{k}"]},
+        storage_classes={storage: int(total) for storage, total in storages.iter_rows()},
+        distinct_values=counts["distinct"] or 0,
         formats=tuple(
-            FormatEvidence(operation, int(n), example)
-            for (operation, n, _), example in zip(evidence.iter_rows(), examples)
+            FormatEvidence(operation, int(total), example)
+            for (operation, total), example in zip(
+                evidence.select("operation", "n").iter_rows(), _display(evidence["example"])
+            )
         ),
-        convertible=int(succeeded["n"].sum()),
-        unconvertible=int(failed["n"].sum()),
-        counterexamples=tuple(_display(failed.head(settings.max_counterexamples).select(
-            pl.struct("storage", "i", "r", "s", "b")
-        ).to_series())),
-        max_length=int(text["s"].str.len_chars().max() or 0),
-        nul_bytes=_weight(text, pl.col("s").str.contains("\x00", literal=True)),
-        crlf=_weight(text, pl.col("s").str.contains("\r\n", literal=True)),
-        invalid_utf8=_weight(frame, (pl.col("storage") == "text") & pl.col("s").is_null() & pl.col("b").is_not_null()),
+        convertible=counts["convertible"] or 0,
+        unconvertible=counts["unconvertible"] or 0,
+        counterexamples=tuple(_display(_raw(worst))) if worst.height else (),
+        max_length=counts["max_length"] or 0,
+        nul_bytes=counts["nul"] or 0,
+        crlf=counts["crlf"] or 0,
+        invalid_utf8=counts["invalid"] or 0,
     )
-
-
-def _weight(frame: pl.DataFrame, condition: pl.Expr) -> int:
-    return int(frame.filter(condition)["n"].sum()) if frame.height else 0
 
 
 def _display(raw: pl.Series) -> list[str]:
@@ -523,7 +543,7 @@ def _display(raw: pl.Series) -> list[str]:
     return [value if value is not None else "NULL" for value in shown.to_list()]
 
 
-def _unique(values: pl.DataFrame, converted) -> bool:  # noqa: ANN001
+def _unique(values: pl.DataFrame, converted: ConvertedColumn) -> bool:
     present = converted.values.is_not_null()
     if not bool(present.any()):
         return False

@@ -261,8 +261,8 @@ class _SqliteExpr:
             "numeric": f"typeof({q}) IN ('integer', 'real')",
             "double precision": f"typeof({q}) IN ('integer', 'real')",
             "boolean": f"(typeof({q}) = 'integer' AND {q} IN (0, 1))",
-            "date": f"(typeof({q}) = 'text' AND date({q}) = {q})",
-            "timestamp": f"(typeof({q}) = 'text' AND datetime({q}) = substr({q}, 1, 19)"
+            "date": f"(typeof({q}) = 'text' AND date({q}, '+0 days') = {q})",
+            "timestamp": f"(typeof({q}) = 'text' AND datetime({q}, '+0 days') = substr({q}, 1, 19)"
             f" AND (length({q}) = 19 OR ({fraction} AND substr({q}, 21) NOT GLOB '*[^0-9]*')))",
             "timestamptz": f"(typeof({q}) = 'text' AND substr({q}, 11, 1) = ' '"
             f" AND substr({q}, -6) GLOB '[+-][0-9][0-9]:[0-9][0-9]' AND julianday({q}) IS NOT NULL"
@@ -457,7 +457,7 @@ class SqliteSource:
             f" child AS (SELECT {child.key()} AS k FROM {quote_ident(link.child_table)} WHERE {present}),"
             f" checked AS (SELECT k FROM child WHERE {ignored})"
         )
-        params = params + [str(value) for value in link.ignore_values]
+        params = params + [_sqlite_key_value(value) for value in link.ignore_values]
         with self.connected() as conn:
             checked, orphans = conn.execute(
                 f"{keys} SELECT count(*), count(CASE WHEN k NOT IN (SELECT k FROM parent) THEN 1 END) FROM checked",
@@ -468,6 +468,12 @@ class SqliteSource:
                 params,
             ).fetchall()
         return OrphanCount(int(checked), int(orphans or 0), tuple(str(k) for (k,) in examples))
+
+
+def _sqlite_key_value(value: Any) -> Any:
+    """A configured value in the form `_SqliteExpr.key()` gives it: digit strings as integers."""
+    text = str(value).strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else value
 
 
 def _packable_groups(measures: Sequence[Measure]) -> list[tuple[Measure, ...]]:
