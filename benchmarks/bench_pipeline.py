@@ -38,7 +38,7 @@ def floor_seconds(snapshot: Path, dsn: str) -> float:
                 sql.Identifier(name), sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in columns)))
         start = time.perf_counter()
         for name in tables:
-            copy_sql = sql.SQL("COPY bench_floor.{} FROM STDIN (FORMAT csv)").format(sql.Identifier(name))
+            copy_sql = sql.SQL("COPY bench_floor.{} FROM STDIN (FORMAT csv, ENCODING 'LATIN1')").format(sql.Identifier(name))
             with pg.cursor().copy(copy_sql) as copy:
                 if shutil.which("sqlite3"):
                     process = subprocess.Popen(["sqlite3", "-csv", str(snapshot), f"SELECT * FROM {quote_ident(name)}"],

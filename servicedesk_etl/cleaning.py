@@ -47,7 +47,7 @@ TEMP_SUFFIX = ".cleaning-tmp"
 SQLITE_SIDECARS = ("", "-journal", "-wal", "-shm")
 ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 EXAMPLES_PER_OPERATION = 3
-READ_CHUNK_ROWS = 100_000
+READ_CHUNK_ROWS = 50_000
 MIN_ROWID = -(2**63)
 MAX_ROWID = 2**63 - 1
 
@@ -205,7 +205,9 @@ def clean_snapshot(
     remove_stale_temp_files(output)
     sha_before = file_sha256(source)
     if plan.source_sha256 and plan.source_sha256 != sha_before:
-        logger.warning("the plan was profiled on %s (sha256 %s), not on this file", plan.source_path, plan.source_sha256)
+        logger.warning(
+            "the plan was profiled on %s (sha256 %s), not on this file", plan.source_path, plan.source_sha256
+        )
     hooks = _Hooks(progress, health_check, settings.check_every_rows)
     temp = temp_path_for(output)
     try:
@@ -242,7 +244,8 @@ def clean_snapshot(
 
 def refuse_unusable_output(source: Path, output: Path, *, force: bool) -> None:
     """Raise InputError with a one-line reason when `output` must not be written."""
-    if output.resolve() == source.resolve() or (output.exists() and source.exists() and os.path.samefile(output, source)):
+    same_file = output.exists() and source.exists() and os.path.samefile(output, source)
+    if same_file or output.resolve() == source.resolve():
         raise InputError(f"{output}: is the source snapshot itself; the cleaned file must be a new file")
     if output.is_dir():
         raise InputError(f"{output}: is a directory; give the path of the new SQLite file")

@@ -332,11 +332,14 @@ def list_versions(dsn: str) -> list[VersionInfo]:
     ]
 
 
-def drop_leftovers(dsn: str, *, lock_timeout_ms: int = 5000) -> list[str]:
-    """Drop canary, dry-run and version schemas an interrupted run left (status `loading` or unrecorded).
+def drop_leftovers(dsn: str, *, keep_unpromoted: int = 1, lock_timeout_ms: int = 5000) -> list[str]:
+    """Drop the schemas earlier runs left behind; the dropped names, sorted.
 
-    Never the live schema, a registered (`ready`) version, or a kept one. Call it when no other
-    run is loading: a canary or version in progress elsewhere would be dropped too.
+    That is: canary and dry-run schemas; version-named schemas with no metadata or still
+    `loading` (an interrupted load); and registered (`ready`) versions never promoted, beyond the
+    newest `keep_unpromoted` (a run whose gates failed leaves one, kept for inspection). Never the
+    live schema or a version that has been live. Call it when no other run is loading: a canary
+    or version in progress elsewhere would be dropped too.
     """
     with connect_target(dsn) as conn, conn.transaction():
         _set_lock_timeout(conn, lock_timeout_ms)
@@ -347,20 +350,23 @@ def drop_leftovers(dsn: str, *, lock_timeout_ms: int = 5000) -> list[str]:
                 " WHERE n.nspname <> %s AND v.is_live IS NOT TRUE AND ("
                 "  starts_with(n.nspname, %s) OR starts_with(n.nspname, %s)"
                 "  OR (v.schema_name IS NULL AND n.nspname ~ %s)"
-                "  OR v.status = ANY(%s))"
+                "  OR v.status = ANY(%s)"
+                "  OR v.schema_name IN (SELECT schema_name FROM {} WHERE status = 'ready' AND promoted_at IS NULL"
+                "    ORDER BY loaded_at DESC, schema_name DESC OFFSET %s))"
                 " ORDER BY 1"
-            ).format(_versions()),
-            (LIVE_SCHEMA, CANARY_PREFIX, DRYRUN_PREFIX, VERSION_NAME_PATTERN, list(LEFTOVER_STATUSES)),
+            ).format(_versions(), _versions()),
+            (LIVE_SCHEMA, CANARY_PREFIX, DRYRUN_PREFIX, VERSION_NAME_PATTERN, list(LEFTOVER_STATUSES),
+             max(0, keep_unpromoted)),
         ).fetchall()
         dropped = [name for (name,) in candidates]
         for name in dropped:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
         conn.execute(
             sql.SQL(
-                "DELETE FROM {} WHERE status = ANY(%s) AND NOT is_live"
+                "DELETE FROM {} WHERE NOT is_live AND (status = ANY(%s) OR schema_name = ANY(%s))"
                 " AND schema_name NOT IN (SELECT nspname FROM pg_namespace)"
             ).format(_versions()),
-            (list(LEFTOVER_STATUSES),),
+            (list(LEFTOVER_STATUSES), dropped),
         )
     for name in dropped:
         log.warning("dropped leftover schema %s", name)

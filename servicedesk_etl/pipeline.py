@@ -439,13 +439,14 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
                     progress: Progress | None = None) -> StepOutcome[SchemaArtifact]:
     """Load everything into a new version schema; only when its gates pass, back up the live schema and cut over."""
     from servicedesk_etl.backup import pg_dump_schema
-    from servicedesk_etl.cutover import promote, register_version
+    from servicedesk_etl.cutover import mark_loading, promote, register_version
     from servicedesk_etl.loading import load_schema, version_schema_name
     from servicedesk_etl.profiling.score import postgres_source, score_quality
 
     start = time.perf_counter()
     plan = read_plan(cleaned.plan_path)
     schema = version_schema_name()
+    mark_loading(dsn, schema)
     load = load_schema(cleaned.path, plan, dsn, schema, max_workers=settings.load_workers, progress=progress)
     rows = {entry.table: entry.rows for entry in load.tables}
     register_version(dsn, schema, source_sha256=cleaned.source_sha256, row_counts=rows)

@@ -135,7 +135,8 @@ def _run_one(
         with conn.transaction(force_rollback=True):
             conn.execute("SET TRANSACTION READ ONLY")
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{int(statement_timeout_ms)}ms")))
+            timeout = sql.Literal(f"{int(statement_timeout_ms)}ms")
+            conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(timeout))
             rows = len(conn.execute(template.sql).fetchall())
     except psycopg.Error as error:
         message = scrub(" ".join(str(error).split()), dsn)

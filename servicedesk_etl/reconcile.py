@@ -266,7 +266,8 @@ def _source_aggregates(
             keys.append((column.name, "true_count"))
     values: dict[tuple[str, str], Any] = {}
     if expressions:
-        row = source.execute(f"SELECT {', '.join(expressions)} FROM {quote_ident(table.name)}{where}", params).fetchone()
+        query = f"SELECT {', '.join(expressions)} FROM {quote_ident(table.name)}{where}"
+        row = source.execute(query, params).fetchone()
         values = dict(zip(keys, row, strict=True))
     for column in columns:
         if column.target_type in NUMBER_TYPES:
@@ -301,10 +302,14 @@ _digest = methodcaller("digest")
 _not_none = partial(is_not, None)
 
 
+def md5_prefixes(encoded: Iterable[bytes]) -> Iterable[int]:
+    """The first 64 bits of each value's md5 as a signed integer, as `('x' || left(md5(v), 16))::bit(64)::bigint`."""
+    return map(_signed64, map(_first8, map(_digest, map(hashlib.md5, encoded))))
+
+
 def md5_sum(values: Iterable[str | bytes]) -> int:
     """The order-independent hash of non-null text or bytes values (see the module doc)."""
-    encoded = (value.encode("utf-8") if isinstance(value, str) else value for value in values)
-    return sum(map(_signed64, map(_first8, map(_digest, map(hashlib.md5, encoded)))))
+    return sum(md5_prefixes(value.encode("utf-8") if isinstance(value, str) else value for value in values))
 
 
 def _md5_sum_of_chunk(values: list[Any]) -> int:
@@ -314,7 +319,7 @@ def _md5_sum_of_chunk(values: list[Any]) -> int:
     except (TypeError, pl.exceptions.PolarsError):  # bytes among the values: a bytea column or a stray BLOB
         return md5_sum(values)
     distinct, weights = counts[:, 0].to_list(), counts[:, 1].to_list()
-    return sum(map(mul, map(_signed64, map(_first8, map(_digest, map(hashlib.md5, map(str.encode, distinct))))), weights))
+    return sum(map(mul, md5_prefixes(map(str.encode, distinct)), weights))
 
 
 def _exact_sum_of_chunk(kind: str, values: list[Any]) -> Decimal | int:

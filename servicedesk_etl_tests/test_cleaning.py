@@ -39,7 +39,9 @@ def column(name: str, target: str, *, declared: str = "TEXT", formats: Sequence[
            markers: Sequence[str] = (), **conversion: object) -> ColumnPlan:
     return ColumnPlan(
         name=name, pg_name=name, declared_type=declared, target_type=target,
-        conversion=Conversion(formats=tuple(formats), null_markers=tuple(markers), **conversion),  # type: ignore[arg-type]
+        conversion=Conversion(
+            formats=tuple(formats), null_markers=tuple(markers), **conversion  # type: ignore[arg-type]
+        ),
         confidence=1.0,
     )
 
@@ -283,8 +285,10 @@ def test_existing_output_is_refused_without_force_and_replaced_with_it(tickets, 
     with pytest.raises(InputError, match="already exists"):
         clean_snapshot(source, plan, output)
     assert output.read_bytes() == b"precious"
+    Path(f"{output}-journal").write_bytes(b"journal of the file being replaced")
     result = clean_snapshot(source, plan, output, force=True)
     assert rows_of(result.output, "SELECT count(*) FROM tickets") == [(7,)]
+    assert not Path(f"{output}-journal").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
@@ -401,6 +405,18 @@ def test_process_killed_midway_leaves_no_output_and_the_step_can_be_rerun(tmp_pa
     assert leftovers(tmp_path) == []
 
 
+def test_a_dead_runs_temp_file_is_removed_and_a_live_runs_is_left_alone(tickets, tmp_path):
+    source, plan = tickets
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f".cleaned.db.{finished.pid}.cleaning-tmp"
+    live = tmp_path / f".cleaned.db.{os.getppid()}.cleaning-tmp"
+    for leftover in (dead, Path(f"{dead}-journal"), live):
+        leftover.write_bytes(b"partial")
+    clean_snapshot(source, plan, tmp_path / "cleaned.db")
+    assert leftovers(tmp_path) == [live.name]
+
+
 def test_temp_file_of_a_live_process_is_hidden_beside_the_output(tmp_path):
     temp = temp_path_for(tmp_path / "cleaned.db")
     assert temp.parent == tmp_path and temp.name.startswith(".cleaned.db.") and str(os.getpid()) in temp.name
@@ -432,7 +448,8 @@ def test_composite_keys_and_bytes_are_kept_readable_in_the_quarantine(tmp_path):
     """)
     columns = [column("a", "bigint", declared="INTEGER", formats=("integer",)), column("b", "text"),
                column("payload", "bytea", declared="BLOB", formats=("blob",))]
-    plan = plan_for(source, table_plan("pairs", columns, keys=("a", "b")), table_plan("links", columns, keys=("a", "b")))
+    plan = plan_for(source, table_plan("pairs", columns, keys=("a", "b")),
+                    table_plan("links", columns, keys=("a", "b")))
     result = clean_snapshot(source, plan, tmp_path / "cleaned.db")
     assert rows_of(result.output, "SELECT rowid, a, b, payload FROM pairs ORDER BY rowid") == [
         (1, 1, "x", b"\x01"), (2, 2, "x", b"\x02")]

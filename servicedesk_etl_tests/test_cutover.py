@@ -155,7 +155,8 @@ def test_readers_never_see_a_missing_or_half_loaded_table_during_cutovers(tmp_pa
             load_schema(cleaned, plan, fresh_database, name)
             register_version(fresh_database, name, source_sha256="s", row_counts={"tickets": 300})
             promote(fresh_database, name, keep=2)
-            rollback(fresh_database) if n == 3 else None
+            if n == 3:
+                rollback(fresh_database)
     finally:
         stop.set()
         reader.join()
@@ -190,7 +191,7 @@ def test_old_version_in_use_is_left_for_a_later_cutover(fresh_database):
 def test_drop_leftovers_removes_canaries_and_interrupted_loads_only(tmp_path, fresh_database):
     table = table_plan("t", [column("id", "bigint")], 1)
     cleaned, plan = write_cleaned(tmp_path / "c.db", [(table, [(1,)])])
-    live, kept, ready = (make_version(fresh_database, n, 1) for n in (1, 2, 3))
+    stale_ready, live, kept, ready = (make_version(fresh_database, n, 1) for n in (0, 1, 2, 3))
     promote(fresh_database, kept)
     promote(fresh_database, live)
     canary = canary_schema_name("run-abc")
@@ -205,10 +206,10 @@ def test_drop_leftovers_removes_canaries_and_interrupted_loads_only(tmp_path, fr
 
     dropped = drop_leftovers(fresh_database)
 
-    assert sorted(dropped) == sorted([canary, interrupted, unrecorded, "servicedesk_dryrun_0a1b2c"])
+    assert dropped == sorted([canary, interrupted, unrecorded, stale_ready, "servicedesk_dryrun_0a1b2c"])
     remaining = schemas(fresh_database)
     assert {"servicedesk", kept, ready, "reporting"} <= remaining
-    assert not {canary, interrupted, unrecorded} & remaining
+    assert not {canary, interrupted, unrecorded, stale_ready} & remaining
     assert {v.schema for v in list_versions(fresh_database)} == {live, kept, ready}
     assert drop_leftovers(fresh_database) == []
 

@@ -51,8 +51,8 @@ from servicedesk_etl.sqlite_source import (
 
 log = logging.getLogger(__name__)
 
-ID_NAME = re.compile(r"(?:^id$|_id$|[ \-]ID$|Id$|ID$)", re.IGNORECASE)
-ID_NAME_STRICT = re.compile(r"(?:^[iI][dD]$|_[iI][dD]$|[ \-][iI][dD]$|Id$|ID$)")
+# `id`, `*_id`, `* ID`, `*Id`, `*ID`: case matters for the camel-case suffixes (`paid` is no id).
+ID_NAME = re.compile(r"(?:^[iI][dD]$|_[iI][dD]$|[ \-][iI][dD]$|Id$|ID$)")
 DATE_NAME = re.compile(r"(date|time|stamp|created|modified|updated|_at$|_on$)", re.IGNORECASE)
 DATE_DECLARED = re.compile(r"(date|time)", re.IGNORECASE)
 TIMESTAMP_DECLARED = re.compile(r"(datetime|timestamp|time)", re.IGNORECASE)
@@ -96,8 +96,12 @@ def profile_connection(
     source_sha256: str,
     settings: ProfileSettings = ProfileSettings(),
 ) -> Plan:
+    """The plan for every user table of an open (read-only) connection."""
     tables = list_tables(conn)
     table_names = pg_names(tables, columns=False)
+    for mapping in table_names:
+        if mapping.renamed:
+            log.warning("table %s: %s", mapping.original, mapping.note)
     plans = tuple(profile_table(conn, mapping.original, mapping.pg_name, settings) for mapping in table_names)
     return Plan(
         source_path=source_path,
@@ -130,6 +134,7 @@ def profile_table(conn: sqlite3.Connection, table: str, pg_name: str, settings: 
             plan = _with_full_table_counts(plan, total, full_counts[column.name])
             plan = dataclasses.replace(plan, unique=plan.unique and _unique_in_table(conn, table, column.name))
         if mapping.note:
+            log.warning("column %s.%s: %s", table, column.name, mapping.note)
             plan = dataclasses.replace(plan, reason=f"{plan.reason}; {mapping.note}")
         plans.append(plan)
     key_columns, key_note = _key_columns(columns, plans, None if sampled else frame)
@@ -448,7 +453,7 @@ def _has_leading_zeros(values: pl.DataFrame) -> bool:
 
 
 def _id_like(name: str) -> bool:
-    return bool(ID_NAME_STRICT.search(name))
+    return bool(ID_NAME.search(name))
 
 
 def _marker_expression(markers: Sequence[str]) -> pl.Expr:
@@ -565,19 +570,20 @@ def _key_columns(
     uniqueness counts.
     """
     rows = {plan.name: plan for plan in plans}
-    distinct_rows: list[int] = []
 
     def complete(plan: ColumnPlan) -> bool:
         profile = plan.profile
         absent = profile.nulls + profile.empty_strings + profile.whitespace_only + sum(profile.null_markers.values())
         return profile.unconvertible == 0 and absent == 0 and profile.convertible > 0
 
-    def unique_but_for_duplicate_rows(name: str) -> bool:
+    def duplicate_rows_only(name: str) -> int | None:
+        """How many rows repeat another row entirely, if those are the only repeats of `name`."""
         if frame is None:
-            return False
-        if not distinct_rows:
-            distinct_rows.append(frame.drop(ROWID).n_unique())
-        return distinct_rows[0] == frame[name].n_unique()
+            return None
+        repeated = frame.filter(frame[name].is_duplicated()).drop(ROWID)
+        if repeated.n_unique() != repeated[name].n_unique():
+            return None
+        return repeated.height - repeated[name].n_unique()
 
     declared = [column.name for column in columns if column.primary_key_position > 0]
     candidates = declared if len(declared) == 1 else []
@@ -587,9 +593,8 @@ def _key_columns(
         if complete(plan) and plan.unique:
             return (name,), ""
     for name in candidates:
-        plan = rows[name]
-        if complete(plan) and unique_but_for_duplicate_rows(name):
-            duplicates = frame.height - distinct_rows[0] if frame is not None else 0
+        duplicates = duplicate_rows_only(name) if complete(rows[name]) else None
+        if duplicates is not None:
             return (name,), f"key column: unique once {duplicates} exact duplicate row(s) are removed"
     return (), ""
 

@@ -14,7 +14,7 @@ import logging
 import re
 import tomllib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -24,7 +24,7 @@ from typing import Any
 from servicedesk_etl.errors import InputError
 from servicedesk_etl.profiling import sources as m
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
-from servicedesk_etl.profiling.sources import DEFAULT_NULL_MARKERS, Link, Measure, OrphanCount, TableSource
+from servicedesk_etl.profiling.sources import DEFAULT_NULL_MARKERS, Link, Measure, TableSource
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
-_ID_LIKE = re.compile(r"(?:^id$|[\s_\-#/.]id$|[a-z0-9]I[Dd]$)", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z0-9]I[Dd]$")
 
 
@@ -366,7 +365,9 @@ def _rule_from(raw: Mapping[str, Any], pack: str, categories: Mapping[str, float
     if check not in CHECKS:
         raise RulePackError(f"{where}: unknown check {check!r} (known: {', '.join(sorted(CHECKS))})")
     threshold = {key: float(raw[key]) for key in ("min", "max") if key in raw}
-    if not threshold and check not in _CHECKS_WITHOUT_THRESHOLD:
+    if not threshold and check in _PRESENCE_CHECKS:
+        threshold = {"min": 1.0}
+    if not threshold:
         raise RulePackError(f"{where}: give a `min` or `max` threshold")
     reserved = {"id", "name", "category", "check", "min", "max", "summary"}
     params = {key: value for key, value in raw.items() if key not in reserved}
@@ -779,7 +780,6 @@ CHECKS: dict[str, Check] = {
 }
 # Checks about presence itself: a missing name is their finding (fail), not a reason to skip them.
 _PRESENCE_CHECKS = frozenset({"table_present", "columns_present"})
-_CHECKS_WITHOUT_THRESHOLD = _PRESENCE_CHECKS
 _PLAN_CHECKS = frozenset({"tables_present", "identifiers_valid"})
 
 

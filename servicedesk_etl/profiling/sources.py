@@ -143,9 +143,7 @@ def _ordered_unique(measures: Iterable[Measure]) -> list[Measure]:
 
 _SQLITE_WS = "char(32, 9, 13, 10)"
 _ISO_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
-_ISO_DATETIME_GLOB = _ISO_DATE_GLOB + " [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
 _NON_ASCII_GLOB = "*[^" + chr(1) + "-" + chr(127) + "]*"
-_LEADING_WS_GLOB = "[ \t\r\n]*"
 _TIMES_2_32 = 4294967296  # packs two counts into one sum: low + high * 2**32
 _TEXT_STORED = frozenset({"date", "timestamp", "timestamptz"})
 _MAX_CASE_VARIANTS = 64
