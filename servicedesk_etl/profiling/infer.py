@@ -302,20 +302,21 @@ def _date_candidates(
     if not formats:
         return []
     ordered = any(DATE_FORMATS[f].day_first is not None for f in formats)
-    conversion_fields = {"day_first": day_first, "day_first_assumed": assumed} if ordered else {}
+    fields = {"day_first": day_first, "day_first_assumed": assumed} if ordered else {}
     note = evidence if ordered else ""
     if any(DATE_FORMATS[f].has_zone for f in formats):
-        conversion = _conversion("timestamptz", formats, settings, **conversion_fields)
-        return [_measure("timestamptz", conversion, values, note)]
-    date_shaped = set(formats) <= DATE_ONLY_FORMATS | {"excel_serial"}
-    if date_shaped and not TIMESTAMP_DECLARED.search(source.declared_type):
-        date = _measure("date", _conversion("date", formats, settings, **conversion_fields), values, note)
-        if "excel_serial" not in formats:
-            return [date]
-    timestamp = _measure("timestamp", _conversion("timestamp", formats, settings, **conversion_fields), values, note)
-    if date_shaped and not TIMESTAMP_DECLARED.search(source.declared_type) and date.confidence >= timestamp.confidence:
+        return [_measure("timestamptz", _conversion("timestamptz", formats, settings, **fields), values, note)]
+    timestamp_conversion = _conversion("timestamp", formats, settings, **fields)
+    date_capable = set(formats) <= DATE_ONLY_FORMATS | {"excel_serial"} and not TIMESTAMP_DECLARED.search(
+        source.declared_type
+    )
+    if not date_capable:
+        return [_measure("timestamp", timestamp_conversion, values, note)]
+    date = _measure("date", _conversion("date", formats, settings, **fields), values, note)
+    if "excel_serial" not in formats:
         return [date]
-    return [timestamp]
+    timestamp = _measure("timestamp", timestamp_conversion, values, note)
+    return [date] if date.confidence >= timestamp.confidence else [timestamp]
 
 
 def _day_first(values: pl.DataFrame, default: bool) -> tuple[bool | None, bool, str]:
