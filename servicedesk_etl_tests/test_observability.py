@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -331,33 +330,3 @@ def test_health_check_called_with_rows_checks_only_every_n_rows(tmp_path):
     health(999)
     with pytest.raises(ResourceExhausted):
         health(1000)
-
-
-# ---------------------------------------------------------------- overhead
-
-
-def cost_per_call(action, repeat: int) -> float:
-    started = time.perf_counter()
-    for i in range(repeat):
-        action(i)
-    return (time.perf_counter() - started) / repeat
-
-
-@pytest.mark.benchmark
-def test_one_log_event_metric_update_and_progress_update_each_cost_well_under_a_millisecond(
-    tmp_path, restore_root_logging, capsys
-):
-    configure_logging(tmp_path, run_id="bench", console=False)
-    metrics = PipelineMetrics()
-    progress = ProgressTracker(10**9, "bench", LogProgressSink(log, every_seconds=10))
-
-    log_cost = cost_per_call(lambda i: log.info("row batch %d", i, extra={"table": "tickets"}), 2000)
-    metric_cost = cost_per_call(lambda i: metrics.record_rows("cleaned_db", "tickets", 1), 20000)
-    progress_cost = cost_per_call(lambda i: progress.advance(1), 20000)
-
-    with capsys.disabled():
-        print(f"\none log event {log_cost * 1e6:.1f} us, one metric update {metric_cost * 1e6:.2f} us, "
-              f"one progress update {progress_cost * 1e6:.2f} us")
-    assert log_cost < 1e-3
-    assert metric_cost < 1e-3
-    assert progress_cost < 1e-3

@@ -57,6 +57,8 @@ DATE_NAME = re.compile(r"(date|time|stamp|created|modified|updated|_at$|_on$)", 
 DATE_DECLARED = re.compile(r"(date|time)", re.IGNORECASE)
 TIMESTAMP_DECLARED = re.compile(r"(datetime|timestamp|time)", re.IGNORECASE)
 BOOLEAN_NAME = re.compile(r"(^is_|^has_|flag|bool|_yn$)", re.IGNORECASE)
+# Digits that are codes, not quantities: a numeric type would drop their formatting and leading zeros.
+CODE_NAME = re.compile(r"(phone|fax|mobile|tel$|zip|postal|postcode|extension)", re.IGNORECASE)
 NUMERIC_DECLARED = re.compile(r"(numeric|decimal|money|currency)", re.IGNORECASE)
 # A cheap screen: text that could be a number or a date at all (digits and separators only).
 NUMBER_OR_DATE_SHAPE = r"^[0-9\s+\-.,%/:TZUCAPMtzapm]{1,40}$"
@@ -202,7 +204,9 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
     if total == 0:
         target = _declared_target(source.declared_type)
         conversion = _conversion(target, _all_formats(target), settings)
-        return _Candidate(target, conversion, 0, 0), f"no non-null values; type from the declared label ({declared})"
+        return _Candidate(target, conversion, 0, 0), (
+            f"no values besides NULL, empty strings and null markers; type from the declared label ({declared})"
+        )
     if sums["blob"] == total:
         conversion = _conversion("bytea", BYTES_FORMAT_IDS, settings)
         return _Candidate("bytea", conversion, total, 0), f"every value is a blob ({declared})"
@@ -217,7 +221,8 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
             else []
         )
         shaped = flagged.filter(pl.col("shaped"))
-        numbers = [] if _has_leading_zeros(shaped) else _number_candidates(source, shaped, values, settings)
+        codes = _has_leading_zeros(shaped) or bool(CODE_NAME.search(source.name))
+        numbers = [] if codes else _number_candidates(source, shaped, values, settings)
         typed += dates + numbers if date_named else numbers + dates
     eligible = flagged.filter(pl.col("eligible"))
     storages = _storage_summary(eligible)
@@ -582,9 +587,11 @@ def _key_columns(
         if frame is None:
             return None
         repeated = frame.filter(frame[name].is_duplicated()).drop(ROWID)
-        if repeated.n_unique() != repeated[name].n_unique():
-            return None
-        return repeated.height - repeated[name].n_unique()
+        keys = repeated[name].n_unique()
+        for other in repeated.columns:
+            if other != name and repeated.select(name, other).n_unique() != keys:
+                return None
+        return repeated.height - keys
 
     declared = [column.name for column in columns if column.primary_key_position > 0]
     candidates = declared if len(declared) == 1 else []

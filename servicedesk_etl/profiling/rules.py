@@ -24,7 +24,7 @@ from typing import Any
 from servicedesk_etl.errors import InputError
 from servicedesk_etl.profiling import sources as m
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
-from servicedesk_etl.profiling.sources import DEFAULT_NULL_MARKERS, Link, Measure, TableSource
+from servicedesk_etl.profiling.sources import DEFAULT_NULL_MARKERS, Link, Measure, OrphanCount, TableSource
 
 log = logging.getLogger(__name__)
 
@@ -533,14 +533,39 @@ class Observation:
 
 
 @dataclass
+class _Measured:
+    """Counts shared by every pack of one evaluation: each table is scanned once, each
+    reference and each table's duplicate rows are queried once."""
+
+    source: TableSource
+    markers: tuple[str, ...]
+    counts: dict[tuple[str, Measure], int] = field(default_factory=dict)
+    orphan_counts: dict[Link, OrphanCount] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+
+    def orphans(self, link: Link) -> OrphanCount:
+        if link not in self.orphan_counts:
+            self.orphan_counts[link] = self.source.orphans(link, self.markers)
+        return self.orphan_counts[link]
+
+    def duplicate_rows(self, table: str) -> int:
+        if table not in self.duplicates:
+            self.duplicates[table] = self.source.duplicate_rows(table)
+        return self.duplicates[table]
+
+
+@dataclass
 class _Context:
     catalog: Catalog
     now: datetime
-    markers: tuple[str, ...]
-    counts: dict[tuple[str, Measure], int] = field(default_factory=dict)
+    measured: _Measured
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return self.measured.markers
 
     def count(self, table: str, measure: Measure) -> int:
-        return self.counts[(table, measure)]
+        return self.measured.counts[(table, measure)]
 
 
 Wanted = list[tuple[str, Measure]]
@@ -688,7 +713,7 @@ def _orphans(rule: RuleSpec, targets: _Targets, ctx: _Context) -> dict[str, Obse
     result = {}
     for child, parent, ignore in targets.links:
         link = Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column, ignore)
-        found = ctx.catalog.source.orphans(link, ctx.markers)
+        found = ctx.measured.orphans(link)
         result[f"{child.label} -> {parent.label}"] = Observation(found.orphans, found.checked, found.examples)
     return result
 
@@ -698,7 +723,7 @@ def _duplicate_rows(rule: RuleSpec, targets: _Targets, ctx: _Context) -> dict[st
     for table in targets.tables:
         physical = ctx.catalog.physical[table.name]
         rows = ctx.count(physical, Measure(m.ROWS))
-        result[table.name] = Observation(ctx.catalog.source.duplicate_rows(physical), rows)
+        result[table.name] = Observation(ctx.measured.duplicate_rows(physical), rows)
     return result
 
 
@@ -799,20 +824,24 @@ def evaluate_rules(
     user_mapping = load_mapping(mapping) if mapping is not None else NameMapping()
     now = now or datetime.now(UTC).replace(tzinfo=None)
     markers = tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS))
-    results: list[RuleResult] = []
+    measured = _Measured(source, markers)
     applications: list[PackApplication] = []
-    applied: list[RulePack] = []
+    evaluations: list[tuple[RulePack, _Context, dict[str, _Targets]]] = []
     with source.connected():
         for pack in loaded:
             catalog = Catalog(source, plan, user_mapping.merged_over(pack.mapping))
             application = _application(pack, catalog)
             applications.append(application)
-            if not application.applied:
+            if application.applied:
+                ctx = _Context(catalog, now, measured)
+                evaluations.append((pack, ctx, {rule.id: _targets(rule, catalog) for rule in pack.rules}))
+            else:
                 log.info("rules pack %s not applied: %s", pack.name, application.reason)
-                continue
-            applied.append(pack)
-            results.extend(_evaluate_pack(pack, _Context(catalog, now, markers)))
-    categories = _category_scores(applied, results)
+        _measure_all(evaluations, measured)
+        results = [
+            _judge(pack, rule, targets[rule.id], ctx) for pack, ctx, targets in evaluations for rule in pack.rules
+        ]
+    categories = _category_scores([pack for pack, _, _ in evaluations], results)
     return RuleReport(tuple(results), _overall(categories), categories, tuple(applications))
 
 
@@ -830,17 +859,17 @@ def _application(pack: RulePack, catalog: Catalog) -> PackApplication:
     )
 
 
-def _evaluate_pack(pack: RulePack, ctx: _Context) -> list[RuleResult]:
-    targets = {rule.id: _targets(rule, ctx.catalog) for rule in pack.rules}
+def _measure_all(evaluations: Sequence[tuple[RulePack, _Context, dict[str, _Targets]]], measured: _Measured) -> None:
+    """Every measure every rule of every pack needs, asked of the source in one query per table."""
     wanted: dict[str, list[Measure]] = defaultdict(list)
-    for rule in pack.rules:
-        if _evaluable(rule, targets[rule.id]):
-            for table, measure in CHECKS[rule.check].measures(rule, targets[rule.id], ctx):
-                wanted[table].append(measure)
+    for pack, ctx, targets in evaluations:
+        for rule in pack.rules:
+            if _evaluable(rule, targets[rule.id]):
+                for table, measure in CHECKS[rule.check].measures(rule, targets[rule.id], ctx):
+                    wanted[table].append(measure)
     for table, measures in wanted.items():
-        counts = ctx.catalog.source.measure(table, measures, ctx.markers)
-        ctx.counts.update({(table, measure): value for measure, value in counts.items()})
-    return [_judge(pack, rule, targets[rule.id], ctx) for rule in pack.rules]
+        counts = measured.source.measure(table, measures, measured.markers)
+        measured.counts.update({(table, measure): value for measure, value in counts.items()})
 
 
 def _evaluable(rule: RuleSpec, targets: _Targets) -> bool:

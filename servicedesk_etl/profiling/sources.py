@@ -227,20 +227,19 @@ class _SqliteExpr:
         return f"NOT {text}", params
 
     def numeric_text(self) -> str:
-        t = self.trimmed
+        """Text that reads as a plain number: digits (the common case, tested first), or a sign,
+        digits and at most one decimal point. Padded or exponent forms are not counted."""
+        q = self.q
         return (
-            f"(typeof({self.q}) = 'text' AND {t} GLOB '*[0-9]*' AND {t} NOT GLOB '*[^0-9.+-]*'"
-            f" AND {t} NOT GLOB '*.*.*' AND {t} NOT GLOB '?*[+-]*')"
+            f"({self.is_text} AND {q} <> '' AND ({q} NOT GLOB '*[^0-9]*' OR ({q} GLOB '*[0-9]*'"
+            f" AND {q} NOT GLOB '*[^0-9.+-]*' AND {q} NOT GLOB '*.*.*' AND {q} NOT GLOB '?*[+-]*')))"
         )
 
     def numeric(self) -> str:
-        return f"(typeof({self.q}) IN ('integer', 'real') OR {self.numeric_text()})"
+        return f"({self.q} < '' OR {self.numeric_text()})"
 
     def number(self) -> str:
-        return (
-            f"(CASE WHEN typeof({self.q}) IN ('integer', 'real') THEN {self.q}"
-            f" WHEN {self.numeric_text()} THEN CAST({self.trimmed} AS REAL) END)"
-        )
+        return f"(CASE WHEN {self.q} < '' THEN {self.q} WHEN {self.numeric_text()} THEN CAST({self.q} AS REAL) END)"
 
     def date_parseable(self) -> str:
         q = self.q
@@ -565,14 +564,18 @@ class _PgExpr:
     def missing(self) -> sql.Composable:
         if self.family != "text":
             return sql.SQL("{} IS NULL").format(self.q)
-        return sql.SQL("({q} IS NULL OR lower({t}) IN ({m}))").format(
-            q=self.q, t=self.trimmed, m=self._literals(self.markers)
-        )
+        return sql.SQL("({} IS NULL OR {})").format(self.q, self.blank())
 
     def blank(self) -> sql.Composable:
+        """A marker (short text, compared lower-cased), or text led by whitespace or empty that
+        trims to one; the cheap tests (byte length, a C-collation compare) run first."""
         if self.family != "text":
             return FALSE
-        return sql.SQL("lower({t}) IN ({m})").format(t=self.trimmed, m=self._literals(self.markers))
+        longest = max(len(marker.encode("utf-8")) for marker in self.markers)
+        return sql.SQL(
+            "((octet_length({q}) <= {n} AND lower({q}) IN ({m}))"
+            " OR ({q} COLLATE \"C\" < '!' AND lower({t}) IN ({m})))"
+        ).format(q=self.q, n=sql.Literal(longest), m=self._literals(self.markers), t=self.trimmed)
 
     def present(self) -> sql.Composable:
         return sql.SQL("NOT {}").format(self.missing())
@@ -611,9 +614,12 @@ class _PgExpr:
             return sql.SQL("to_char({}::timestamp, 'YYYY-MM-DD HH24:MI:SS.US')").format(self.q)
         return sql.SQL("replace({}, 'T', ' ')").format(self.trimmed)
 
+    def stored_as(self, target_type: str) -> sql.Composable:
+        """Whether the column's type holds `target_type` (a constant: PostgreSQL columns are typed)."""
+        return TRUE if self.family in _CONFORMING_FAMILIES.get(target_type, {"text"}) else FALSE
+
     def conforming(self, target_type: str) -> sql.Composable:
-        allowed = _CONFORMING_FAMILIES.get(target_type, {"text"})
-        return self.present() if self.family in allowed else FALSE
+        return sql.SQL("{} AND {}").format(self.stored_as(target_type), self.present())
 
     def key(self) -> sql.Composable:
         if self.family == "int":
@@ -711,16 +717,27 @@ class PostgresSource:
         if not wanted:
             return {}
         markers = _markers(null_markers)
+        groups = _packable_groups(wanted)
         with self.connected() as conn:
-            fragments = [self._aggregate(table, measure, markers) for measure in wanted]
+            fragments = [self._aggregate(table, group, markers) for group in groups]
             query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(fragments), self._table(table))
             row = conn.execute(query).fetchone()
-        return {measure: int(value or 0) for measure, value in zip(wanted, row or (), strict=True)}
+        counts: dict[Measure, int] = {}
+        for group, value in zip(groups, row or (), strict=True):
+            counts.update(_unpack(group, int(value or 0)))
+        return counts
 
-    def _aggregate(self, table: str, measure: Measure, markers: tuple[str, ...]) -> sql.Composable:
+    def _aggregate(self, table: str, group: tuple[Measure, ...], markers: tuple[str, ...]) -> sql.Composable:
+        measure = group[0]
         if measure.kind == ROWS:
             return sql.SQL("count(*)")
         column = self._expr(table, measure.column or "", markers)
+        if len(group) == 2 and measure.kind == MISSING:
+            return sql.SQL("sum(CASE WHEN {} THEN 1 WHEN {} THEN {} ELSE 0 END)").format(
+                column.missing(), column.stored_as(group[1].args[0]), sql.Literal(_TIMES_2_32)
+            )
+        if len(group) == 2:
+            return sql.SQL("0")  # NUL bytes and invalid UTF-8 cannot be stored in PostgreSQL text
         if measure.kind == DISTINCT_KEYS:
             return sql.SQL("count(DISTINCT CASE WHEN {} THEN {} END)").format(column.present(), column.key())
         return sql.SQL("count(*) FILTER (WHERE {})").format(self._row_condition(table, measure, column, markers))
