@@ -13,3 +13,10 @@ def test_fresh_database_is_empty_and_isolated(fresh_database):
             "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
         ).fetchone()
     assert count == 0
+
+
+def test_the_shared_corpus_is_beside_the_repository():
+    from .conftest import CORPUS_DIR, CORPUS_FILES
+
+    assert CORPUS_DIR.is_dir(), f"{CORPUS_DIR} is missing: corpus tests would silently test nothing"
+    assert len(CORPUS_FILES) == 8, CORPUS_FILES
