@@ -134,40 +134,23 @@ def _read_pattern(pattern: str) -> tuple[pl.Expr, pl.Expr]:
         hour = hour % 12 + pl.when(is_pm).then(12).otherwise(0)
     minute = field("M").cast(pl.Int32) if "M" in groups else pl.lit(0, pl.Int32)
     second = field("S").cast(pl.Int32).fill_null(0) if "S" in groups else pl.lit(0, pl.Int32)
-    micro = (
-        field("f").fill_null("0").str.slice(0, 6).str.pad_end(6, "0").cast(pl.Int32)
-        if "f" in groups
-        else pl.lit(0, pl.Int32)
+    fraction = (
+        field("f").fill_null("0").str.slice(0, 6).str.pad_end(6, "0") if "f" in groups else pl.lit("000000")
     )
-    year, month, day = field("y").cast(pl.Int32), field("m").cast(pl.Int32), field("d").cast(pl.Int32)
-    valid = (
-        valid
-        & (year >= 1)
-        & month.is_between(1, 12)
-        & day.is_between(1, _days_in_month(year, month))
-        & hour.is_between(0, 23)
-        & minute.is_between(0, 59)
-        & second.is_between(0, 59)
-    ).fill_null(False)
-    value = pl.datetime(
-        *[pl.when(valid).then(part).otherwise(placeholder) for part, placeholder in (
-            (year, 2000), (month, 1), (day, 1), (hour, 0), (minute, 0), (second, 0), (micro, 0)
-        )],
-        time_unit="us",
+    canonical = pl.format(
+        "{}-{}-{} {}:{}:{}.{}",
+        field("y"),
+        field("m").str.zfill(2),
+        field("d").str.zfill(2),
+        hour.cast(pl.String).str.zfill(2),
+        minute.cast(pl.String).str.zfill(2),
+        second.cast(pl.String).str.zfill(2),
+        fraction,
     )
+    value = canonical.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", strict=False)
     if "tz" in groups:
         value = value - pl.duration(minutes=_offset_minutes(field("tz")))
     return applies, pl.when(applies & valid).then(value)
-
-
-def _days_in_month(year: pl.Expr, month: pl.Expr) -> pl.Expr:
-    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
-    base = month.replace_strict(
-        {1: 31, 2: 28, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31},
-        default=31,
-        return_dtype=pl.Int32,
-    )
-    return base + ((month == 2) & leap).cast(pl.Int32)
 
 
 def _offset_minutes(zone: pl.Expr) -> pl.Expr:
@@ -210,9 +193,9 @@ def _read_numeric_date(format_id: str) -> tuple[pl.Expr, pl.Expr]:
 
 def format_timestamp(value: pl.Expr, with_zone: bool) -> pl.Expr:
     """`YYYY-MM-DD HH:MM:SS[.ffffff]`, plus `+00:00` for UTC values."""
-    micro = value.dt.microsecond()
-    fraction = pl.when(micro != 0).then(pl.lit(".") + micro.cast(pl.String).str.zfill(6)).otherwise(pl.lit(""))
-    text = value.dt.strftime("%Y-%m-%d %H:%M:%S") + fraction
+    whole = value.dt.strftime("%Y-%m-%d %H:%M:%S")
+    fractional = value.dt.strftime("%Y-%m-%d %H:%M:%S%.6f")
+    text = pl.when(value.dt.microsecond() == 0).then(whole).otherwise(fractional)
     return text + pl.lit("+00:00") if with_zone else text
 
 

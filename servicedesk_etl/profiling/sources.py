@@ -144,7 +144,7 @@ def _ordered_unique(measures: Iterable[Measure]) -> list[Measure]:
 _SQLITE_WS = "char(32, 9, 13, 10)"
 _ISO_DATE_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
 _NON_ASCII_GLOB = "*[^" + chr(1) + "-" + chr(127) + "]*"
-_TIMES_2_32 = 4294967296  # packs two counts into one sum: low + high * 2**32
+_TIMES_2_32 = 1 << 32  # PostgreSQL: missing + conforming * 2**32 in one bigint sum
 _TEXT_STORED = frozenset({"date", "timestamp", "timestamptz"})
 _MAX_CASE_VARIANTS = 64
 
@@ -203,9 +203,9 @@ class _SqliteExpr:
         blank, params = self.blank()
         return f"({self.q} IS NULL OR {blank})", params
 
-    def missing_and_conforming(self, target_type: str) -> tuple[str, list[Any]]:
-        """One CASE per cell: 1 when missing, 2**32 when present and conforming, else 0; summed,
-        the low 32 bits count missing cells and the high bits conforming ones."""
+    def cell_class(self, target_type: str, missing_weight: int, conforming_weight: int) -> tuple[str, list[Any]]:
+        """One CASE per cell: `missing_weight` when missing, `conforming_weight` when present and
+        stored as `target_type`, else 0 (so one sum counts both, each in its own bit field)."""
         blank, params = self.blank_text()
         text_ok = "1" if target_type == "text" else self.conforming(target_type) if target_type in _TEXT_STORED else "0"
         other_ok = {
@@ -216,9 +216,9 @@ class _SqliteExpr:
             "bytea": f"{self.q} >= X''",
         }.get(target_type, "0")
         return (
-            f"sum(CASE WHEN {self.q} IS NULL THEN 1 WHEN {self.is_text} THEN"
-            f" (CASE WHEN {blank} THEN 1 WHEN {text_ok} THEN {_TIMES_2_32} ELSE 0 END)"
-            f" WHEN {other_ok} THEN {_TIMES_2_32} ELSE 0 END)",
+            f"(CASE WHEN {self.q} IS NULL THEN {missing_weight} WHEN {self.is_text} THEN"
+            f" (CASE WHEN {blank} THEN {missing_weight} WHEN {text_ok} THEN {conforming_weight} ELSE 0 END)"
+            f" WHEN {other_ok} THEN {conforming_weight} ELSE 0 END)",
             params,
         )
 
@@ -334,36 +334,45 @@ class SqliteSource:
         if not wanted:
             return {}
         markers = _markers(null_markers)
-        fragments, params, readers = [], [], []
-        for group in _packable_groups(wanted):
-            fragment, fragment_params = self._aggregate(group, markers)
-            fragments.append(fragment)
-            params.extend(fragment_params)
-            readers.append(group)
-        query = f"SELECT {', '.join(fragments)} FROM {quote_ident(table)}"
-        counts: dict[Measure, int] = {}
         with self.connected() as conn:
-            row = conn.execute(query, params).fetchone()
-            for group, value in zip(readers, row, strict=True):
-                counts.update(_unpack(group, int(value or 0)))
+            rows = conn.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0]
+            width = max(rows.bit_length(), 1)
+            fragments, params, packs = [], [], []
+            for pack in _packs(wanted, fields_per_sum=_SUM_BITS // width):
+                fragment, fragment_params = self._packed_sum(pack, width, markers)
+                fragments.append(fragment)
+                params.extend(fragment_params)
+                packs.append(pack)
+            row = conn.execute(f"SELECT {', '.join(fragments)} FROM {quote_ident(table)}", params).fetchone()
+            counts: dict[Measure, int] = {}
+            for pack, value in zip(packs, row, strict=True):
+                counts.update(_unpack(pack, int(value or 0), width))
             for measure in wanted:
                 if measure.kind == INVALID_UTF8 and counts[measure]:
                     counts[measure] = self._invalid_utf8(conn, table, measure.column or "")
         return counts
 
-    def _aggregate(self, group: tuple[Measure, ...], markers: tuple[str, ...]) -> tuple[str, list[Any]]:
-        if len(group) == 1:
-            return self._condition(group[0], markers)
-        first, second = group
-        column = _SqliteExpr(first.column or "", markers)
-        if first.kind == MISSING:
-            return column.missing_and_conforming(second.args[0])
-        q = column.q
-        return (
-            f"sum(CASE WHEN {column.is_text} THEN (instr(CAST({q} AS BLOB), X'00') > 0)"
-            f" + ({q} GLOB ?) * {_TIMES_2_32} WHEN {q} >= X'' THEN {_TIMES_2_32} ELSE 0 END)",
-            [_NON_ASCII_GLOB],
-        )
+    def _packed_sum(self, pack: tuple[Measure, ...], width: int, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
+        """`sum()` of one term per measure, measure i weighted 2**(width * i): counts below 2**width
+        each keep their own bit field, so several conditions cost one aggregate."""
+        if len(pack) == 1 and pack[0].kind in _UNPACKABLE:
+            return self._condition(pack[0], markers)
+        terms, params = [], []
+        index = 0
+        while index < len(pack):
+            measure = pack[index]
+            column = _SqliteExpr(measure.column or "", markers)
+            weight = 1 << (width * index)
+            if _is_class_pair(pack, index):
+                term, term_params = column.cell_class(pack[index + 1].args[0], weight, weight << width)
+                index += 2
+            else:
+                condition, term_params = self._row_condition(measure, column, markers)
+                term = f"(CASE WHEN {condition} THEN {weight} ELSE 0 END)"
+                index += 1
+            terms.append(term)
+            params.extend(term_params)
+        return f"sum({' + '.join(terms)})", params
 
     def _condition(self, measure: Measure, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
         if measure.kind == ROWS:
@@ -473,33 +482,52 @@ def _sqlite_key_value(value: Any) -> Any:
     return int(text) if text.isdigit() and len(text) <= 18 else value
 
 
-def _packable_groups(measures: Sequence[Measure]) -> list[tuple[Measure, ...]]:
-    """Pairs (MISSING, CONFORMING) and (NUL_BYTES, INVALID_UTF8) of one column; everything else alone."""
-    by_key = {(measure.kind, measure.column): measure for measure in measures}
-    paired: set[Measure] = set()
-    groups: list[tuple[Measure, ...]] = []
+_SUM_BITS = 62  # SQLite sums are signed 64-bit integers
+_UNPACKABLE = frozenset({ROWS, DISTINCT_KEYS})
+
+
+def _is_class_pair(pack: Sequence[Measure], index: int) -> bool:
+    return (
+        index + 1 < len(pack)
+        and pack[index].kind == MISSING
+        and pack[index + 1].kind == CONFORMING
+        and pack[index].column == pack[index + 1].column
+    )
+
+
+def _packs(measures: Sequence[Measure], fields_per_sum: int) -> list[tuple[Measure, ...]]:
+    """Measures grouped into sums of at most `fields_per_sum` fields; one column's MISSING and
+    CONFORMING stay adjacent (they are one CASE per cell). ROWS and DISTINCT_KEYS stand alone."""
+    alone = [(m,) for m in measures if m.kind in _UNPACKABLE]
+    by_column: dict[str | None, list[Measure]] = {}
     for measure in measures:
-        if measure in paired:
-            continue
-        partner_kind = {MISSING: CONFORMING, NUL_BYTES: INVALID_UTF8}.get(measure.kind)
-        partner = by_key.get((partner_kind, measure.column)) if partner_kind else None
-        if partner is not None and partner not in paired and _single(measures, partner):
-            groups.append((measure, partner))
-            paired.update((measure, partner))
-        else:
-            groups.append((measure,))
-    return groups
+        if measure.kind not in _UNPACKABLE:
+            by_column.setdefault(measure.column, []).append(measure)
+    units: list[tuple[Measure, ...]] = []
+    for column_measures in by_column.values():
+        missing = [m for m in column_measures if m.kind == MISSING]
+        conforming = [m for m in column_measures if m.kind == CONFORMING]
+        paired = missing[:1] + conforming[:1] if missing and conforming else []
+        if paired:
+            units.append(tuple(paired))
+        units.extend((m,) for m in column_measures if m not in paired)
+    packs: list[tuple[Measure, ...]] = []
+    current: list[Measure] = []
+    for unit in units:
+        if current and len(current) + len(unit) > max(fields_per_sum, 2):
+            packs.append(tuple(current))
+            current = []
+        current.extend(unit)
+    if current:
+        packs.append(tuple(current))
+    return alone + packs
 
 
-def _single(measures: Sequence[Measure], partner: Measure) -> bool:
-    return sum(1 for other in measures if (other.kind, other.column) == (partner.kind, partner.column)) == 1
-
-
-def _unpack(group: tuple[Measure, ...], value: int) -> dict[Measure, int]:
-    if len(group) == 1:
-        return {group[0]: value}
-    first, second = group
-    return {first: value % _TIMES_2_32, second: value // _TIMES_2_32}
+def _unpack(pack: tuple[Measure, ...], value: int, width: int) -> dict[Measure, int]:
+    if len(pack) == 1 and pack[0].kind in _UNPACKABLE:
+        return {pack[0]: value}
+    mask = (1 << width) - 1
+    return {measure: (value >> (width * i)) & mask for i, measure in enumerate(pack)}
 
 
 def _sqlite_utf8_candidates(q: str) -> str:
@@ -640,6 +668,17 @@ class _PgExpr:
         )
 
 
+def _pg_groups(measures: Sequence[Measure]) -> list[tuple[Measure, ...]]:
+    """One column's MISSING and CONFORMING as one pair (one CASE per cell); the rest alone."""
+    groups: list[tuple[Measure, ...]] = []
+    for pack in _packs(measures, fields_per_sum=2):
+        if len(pack) == 2 and _is_class_pair(pack, 0):
+            groups.append(pack)
+        else:
+            groups.extend((measure,) for measure in pack)
+    return groups
+
+
 def _pg_range(value: sql.Composable, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool, cast: str = "") -> sql.Composable:
     parts = []
     if low is not None:
@@ -717,14 +756,14 @@ class PostgresSource:
         if not wanted:
             return {}
         markers = _markers(null_markers)
-        groups = _packable_groups(wanted)
+        groups = _pg_groups(wanted)
         with self.connected() as conn:
             fragments = [self._aggregate(table, group, markers) for group in groups]
             query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(fragments), self._table(table))
             row = conn.execute(query).fetchone()
         counts: dict[Measure, int] = {}
         for group, value in zip(groups, row or (), strict=True):
-            counts.update(_unpack(group, int(value or 0)))
+            counts.update(_unpack(group, int(value or 0), 32))
         return counts
 
     def _aggregate(self, table: str, group: tuple[Measure, ...], markers: tuple[str, ...]) -> sql.Composable:
@@ -736,8 +775,6 @@ class PostgresSource:
             return sql.SQL("sum(CASE WHEN {} THEN 1 WHEN {} THEN {} ELSE 0 END)").format(
                 column.missing(), column.stored_as(group[1].args[0]), sql.Literal(_TIMES_2_32)
             )
-        if len(group) == 2:
-            return sql.SQL("0")  # NUL bytes and invalid UTF-8 cannot be stored in PostgreSQL text
         if measure.kind == DISTINCT_KEYS:
             return sql.SQL("count(DISTINCT CASE WHEN {} THEN {} END)").format(column.present(), column.key())
         return sql.SQL("count(*) FILTER (WHERE {})").format(self._row_condition(table, measure, column, markers))
