@@ -116,7 +116,29 @@ def elapsed_since(start: float) -> float:
 
 
 def read_plan(path: Path) -> Plan:
-    return Plan.read(path)
+    """A plan from `plan.json`, or from the `plan` of a profile report (`profile --json`)."""
+    import json
+
+    from servicedesk_etl.errors import InputError
+
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        return Plan.from_dict(document["plan"] if "plan" in document else document)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not a usable plan ({error})") from error
+
+
+def write_profile_json(plan: Plan, gates: list[GateResult], score: Any, path: Path) -> Path:
+    """The profile as one JSON document: the plan (with each column's evidence), the score and the gates."""
+    import json
+
+    document = {
+        "plan": plan.to_dict(),
+        "quality": {"score": score.score, "grade": score.grade, "dimensions": dict(score.dimensions)},
+        "gates": [_plain(gate) for gate in gates],
+    }
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    return path
 
 
 # --- step 1: sqlite_backup -------------------------------------------------------------------
@@ -206,6 +228,7 @@ def profile_step(
         gates.append(dry_run_gate(source, plan, dsn))
     gates.append(quality_score_gate(score, settings))
     report_path = write_profile_report(plan, gates, score, run_dir / "profile_report.md")
+    json_path = write_profile_json(plan, gates, score, run_dir / "profile_report.json")
     artifact = ProfileArtifact(source, plan_path, report_path, score.score, dict(score.dimensions))
     metadata = {
         "tables": len(plan.tables),
@@ -213,6 +236,7 @@ def profile_step(
         "rows": sum(table.row_count for table in plan.tables),
         "plan": str(plan_path),
         "report": str(report_path),
+        "report_json": str(json_path),
         "quality_score": score.score,
         "dimensions": dict(score.dimensions),
     }

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from servicedesk_etl.runner import RunSummary
 
-from servicedesk_etl.cli.app import app, console, fail
+from servicedesk_etl.cli.app import app, console
 from servicedesk_etl.dsn import redact_dsn
 from servicedesk_etl.gates import GateResult
 from servicedesk_etl.settings import configured_dsn, pg_backups_dir, state_dir
@@ -177,7 +177,7 @@ def profile(
     with tempfile.TemporaryDirectory(prefix="servicedesk-profile-") as scratch:
         outcome = profile_step(snapshot, Path(scratch), dsn=dsn, settings=PipelineSettings())
         if json_out:
-            shutil.copyfile(outcome.artifact.plan_path, json_out)
+            shutil.copyfile(outcome.metadata["report_json"], json_out)
         if report:
             shutil.copyfile(outcome.artifact.report_path, report)
     console.print(f"profile of {snapshot}: {outcome.metadata['tables']} tables, {outcome.metadata['columns']} columns, "
@@ -196,10 +196,8 @@ def clean(
     """Execute the plan into a new SQLite file with _audit and _quarantine. Exit 1 when a gate fails."""
     import tempfile
 
-    from servicedesk_etl.errors import InputError
-    from servicedesk_etl.pipeline import PipelineSettings, clean_step
+    from servicedesk_etl.pipeline import PipelineSettings, clean_step, read_plan
     from servicedesk_etl.profiling.infer import ProfileSettings, profile_database
-    from servicedesk_etl.profiling.plan import Plan
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
 
     from servicedesk_etl.observability import HealthCheck, TableProgress, default_progress_sink
@@ -212,10 +210,7 @@ def clean(
             plan_doc = profile_database(snapshot, ProfileSettings(day_first_default=settings.day_first_default))
             plan = plan_doc.write(Path(scratch) / "plan.json")
         else:
-            try:
-                plan_doc = Plan.read(plan)
-            except (OSError, ValueError) as error:
-                raise InputError(f"{plan}: not a usable plan ({error})") from error
+            plan_doc = read_plan(plan)
         before = score_quality(sqlite_source(snapshot), plan_doc)
         health = HealthCheck([output.parent], settings.min_free_disk_bytes, settings.min_available_memory_bytes)
         progress = TableProgress("cleaning", lambda: default_progress_sink(logging.getLogger("servicedesk_etl"), console))
@@ -247,8 +242,7 @@ def migrate(
     import uuid
 
     from servicedesk_etl.errors import InputError
-    from servicedesk_etl.pipeline import CleanedArtifact, PipelineSettings, canary_step, production_step
-    from servicedesk_etl.profiling.plan import Plan
+    from servicedesk_etl.pipeline import CleanedArtifact, PipelineSettings, canary_step, production_step, read_plan
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
     from servicedesk_etl.sqlite_source import file_sha256
 
@@ -256,7 +250,7 @@ def migrate(
     plan_path = plan or plan_path_for(cleaned_path)
     if not plan_path.exists():
         raise InputError(f"{plan_path}: no plan beside the cleaned file (give --plan)")
-    plan_doc = Plan.read(plan_path)
+    plan_doc = read_plan(plan_path)
     dsn = resolve_dsn(target_dsn)
     settings = PipelineSettings()
     score = score_quality(sqlite_source(cleaned_path), plan_doc).score
