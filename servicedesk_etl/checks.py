@@ -44,6 +44,9 @@ GATES: dict[str, dict[str, str]] = {
 
 NON_BLOCKING = {"quality_score"}
 
+# Metadata entries that are files a person may open (shown as paths in the UI).
+PATH_KEYS = {"plan", "report", "report_json", "path", "backup", "live_schema_backup"}
+
 
 def check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     return [
@@ -71,6 +74,8 @@ def dagster_metadata(values: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, (dict, list, tuple)):
             converted[key] = dg.MetadataValue.json(value)
+        elif isinstance(value, str) and key in PATH_KEYS:
+            converted[key] = dg.MetadataValue.path(value)
         elif isinstance(value, (bool, int, float, str)):
             converted[key] = value
         else:
