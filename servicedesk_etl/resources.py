@@ -6,6 +6,7 @@ line reaches the run through the environment, so no password is stored in Dagste
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -59,14 +60,4 @@ class GateSettings(dg.ConfigurableResource):
     check_every_rows: int = 10_000
 
     def settings(self) -> PipelineSettings:
-        return PipelineSettings(
-            min_type_confidence=self.min_type_confidence,
-            max_unconvertible_share=self.max_unconvertible_share,
-            min_quality_score=self.min_quality_score,
-            canary_percent=self.canary_percent,
-            keep_versions=self.keep_versions,
-            load_workers=self.load_workers,
-            day_first_default=self.day_first_default,
-            duplicate_policy=self.duplicate_policy,
-            check_every_rows=self.check_every_rows,
-        )
+        return dataclasses.replace(PipelineSettings(), **self.model_dump())
