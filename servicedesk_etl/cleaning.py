@@ -25,7 +25,7 @@ import polars as pl
 import psutil
 
 from servicedesk_etl.errors import GateFailed, InputError, ResourceExhausted
-from servicedesk_etl.profiling.convert import ConvertedColumn, convert_column
+from servicedesk_etl.profiling.convert import ConvertedColumn, convert_column, convert_distinct
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
 from servicedesk_etl.profiling.values import RowSample, read_rows
 from servicedesk_etl.sqlite_source import (
@@ -50,6 +50,7 @@ EXAMPLES_PER_OPERATION = 3
 READ_CHUNK_ROWS = 50_000
 MIN_ROWID = -(2**63)
 MAX_ROWID = 2**63 - 1
+DISTINCT_SHARE_DENOMINATOR = 2
 
 REASON_DUPLICATE_ROW = "duplicate_row"
 REASON_DUPLICATE_KEY = "duplicate_key"
@@ -498,10 +499,16 @@ def _require_in_range(raw: pl.DataFrame, rows: _RowidRange | None, table: str) -
 
 
 def _convert(raw: pl.DataFrame, column: ColumnPlan) -> ConvertedColumn:
-    converted = convert_column(raw[column.name], column)
+    convert = convert_distinct if _repeats_often(column) else convert_column
+    converted = convert(raw[column.name], column)
     if len(converted.values) != raw.height or len(converted.outcome) != raw.height:
         raise ValueError(f"convert_column returned the wrong number of rows for column {column.name!r}")
     return converted
+
+
+def _repeats_often(column: ColumnPlan) -> bool:
+    """Whether the profile saw each value at least twice on average: then converting distinct values pays."""
+    return column.profile.distinct_values * DISTINCT_SHARE_DENOMINATOR <= column.profile.rows
 
 
 def _value_column(position: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -113,6 +114,16 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection:
 
 def elapsed_since(start: float) -> float:
     return round(time.perf_counter() - start, 3)
+
+
+def concurrently(*calls: Callable[[], Any]) -> list[Any]:
+    """Independent gate work run at once, results in call order; the first error is raised.
+
+    Each call mostly waits on SQLite, polars or PostgreSQL (all release the GIL), so they overlap.
+    """
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="gate") as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
 
 
 def read_plan(path: Path) -> Plan:
@@ -222,10 +233,13 @@ def profile_step(
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = profile_database(source, ProfileSettings(day_first_default=settings.day_first_default))
     plan_path = plan.write(run_dir / "plan.json")
-    score = score_quality(sqlite_source(source), plan)
+    score, dry_run_result = concurrently(
+        lambda: score_quality(sqlite_source(source), plan),
+        lambda: dry_run_gate(source, plan, dsn) if settings.run_dry_run and dsn is not None else None,
+    )
     gates = [type_confidence_gate(plan, settings), circuit_breaker_gate(plan, settings)]
-    if settings.run_dry_run and dsn is not None:
-        gates.append(dry_run_gate(source, plan, dsn))
+    if dry_run_result is not None:
+        gates.append(dry_run_result)
     gates.append(quality_score_gate(score, settings))
     report_path = write_profile_report(plan, gates, score, run_dir / "profile_report.md")
     json_path = write_profile_json(plan, gates, score, run_dir / "profile_report.json")
@@ -405,11 +419,20 @@ def clean_step(
 def load_gates(prefix: str, cleaned: CleanedArtifact, plan: Plan, dsn: str, schema: str,
                sample_percent: float | None) -> list[GateResult]:
     """Types, reconciliation and dashboard queries of a loaded schema against the cleaned file."""
-    from servicedesk_etl.query_templates import FAILED, OK, run_query_templates
+    from servicedesk_etl.query_templates import run_query_templates
     from servicedesk_etl.reconcile import reconcile_schema
 
-    report = reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=sample_percent)
-    queries = run_query_templates(dsn, schema)
+    report, queries = concurrently(
+        lambda: reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=sample_percent),
+        lambda: run_query_templates(dsn, schema),
+    )
+    return load_gate_results(prefix, report, queries)
+
+
+def load_gate_results(prefix: str, report: Any, queries: Any) -> list[GateResult]:
+    """The types, reconciliation and query gates from a reconciliation report and the query runs."""
+    from servicedesk_etl.query_templates import FAILED, OK
+
     failed_queries = [run for run in queries if run.status == FAILED]
     type_problems = [_plain(problem) for problem in report.type_mismatches]
     return [
@@ -466,6 +489,8 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
     from servicedesk_etl.cutover import mark_loading, promote, register_version
     from servicedesk_etl.loading import load_schema, version_schema_name
     from servicedesk_etl.profiling.score import postgres_source, score_quality
+    from servicedesk_etl.query_templates import run_query_templates
+    from servicedesk_etl.reconcile import reconcile_schema
 
     start = time.perf_counter()
     plan = read_plan(cleaned.plan_path)
@@ -474,8 +499,12 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
     load = load_schema(cleaned.path, plan, dsn, schema, max_workers=settings.load_workers, progress=progress)
     rows = {entry.table: entry.rows for entry in load.tables}
     register_version(dsn, schema, source_sha256=cleaned.source_sha256, row_counts=rows)
-    gates = load_gates("production", cleaned, plan, dsn, schema, None)
-    loaded = score_quality(postgres_source(dsn, schema), plan)
+    report, queries, loaded = concurrently(
+        lambda: reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=None),
+        lambda: run_query_templates(dsn, schema),
+        lambda: score_quality(postgres_source(dsn, schema), plan),
+    )
+    gates = load_gate_results("production", report, queries)
     gates.append(
         GateResult(
             "production_quality",

@@ -126,7 +126,7 @@ def same_value(expected: Any, actual: Any) -> bool:
     return isinstance(expected, str) and isinstance(actual, str) and expected == actual
 
 
-def as_decimal(value: int | float | Decimal) -> Decimal:
+def as_decimal(value: float | Decimal) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(repr(value) if isinstance(value, float) else value)
 
 

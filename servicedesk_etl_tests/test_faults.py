@@ -3,6 +3,7 @@ the source is untouched, the live schema is untouched, and nothing half-written 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -46,9 +47,9 @@ PASSWORD = "s3cr3t-fault-pw"
 
 def write_small_snapshot(path: Path, rows: int = 40) -> Path:
     conn = sqlite3.connect(path)
-    conn.execute('CREATE TABLE tickets ("TKT-Ticket ID" INTEGER, "TKT-Created Time" TIMESTAMP, "TKT-Hours" TEXT)')
+    conn.execute('CREATE TABLE orders ("Order ID" INTEGER, "Created Time" TIMESTAMP, "Hours" TEXT)')
     conn.executemany(
-        "INSERT INTO tickets VALUES (?, ?, ?)",
+        "INSERT INTO orders VALUES (?, ?, ?)",
         [(i, f"2025-01-{1 + i % 28:02d} 08:{i % 60:02d}:00", f"{i % 7}.5") for i in range(1, rows + 1)],
     )
     conn.commit()
@@ -88,7 +89,7 @@ def run_cli(args: list[str], home: Path, dsn: str | None, timeout: float = 300) 
     env["SERVICEDESK_ETL_HOME"] = str(home)
     if dsn:
         env["SERVICEDESK_PG_DSN"] = dsn
-    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def one_error_line(completed: subprocess.CompletedProcess[str]) -> str:
@@ -176,6 +177,31 @@ def test_an_unreachable_server_stops_with_one_line_without_the_password(tmp_path
     assert_nothing_half_written(tmp_path / "home")
 
 
+def test_a_snapshot_the_dashboards_cannot_query_stops_at_the_dry_run_before_anything_live(
+    tmp_path: Path, live_target: LiveTarget
+) -> None:
+    """A `tickets` table that lost the columns the dashboards use: the run stops at a named gate, exit 1."""
+    source = tmp_path / "drifted.db"
+    conn = sqlite3.connect(source)
+    conn.execute('CREATE TABLE tickets ("TKT-Ticket ID" INTEGER, "TKT-Created Time" TIMESTAMP)')
+    rows = [(i, f"2025-02-{1 + i % 28:02d} 09:00:00") for i in range(50)]
+    conn.executemany("INSERT INTO tickets VALUES (?, ?)", rows)
+    conn.commit()
+    conn.close()
+    before = file_digest(source)
+
+    completed = run_cli(["run", "--source", str(source), "--json"], tmp_path / "home", live_target.dsn)
+
+    assert completed.returncode == 1, completed.stderr
+    summary = json.loads(completed.stdout)
+    assert summary["stopped_by"] == "profile_report.dry_run"
+    assert '"TKT-Status" does not exist' in summary["reason"]
+    assert [asset["status"] for asset in summary["assets"]][2:] == ["skipped"] * 3
+    assert file_digest(source) == before
+    assert_live_schema_untouched(live_target)
+    assert_nothing_half_written(tmp_path / "home")
+
+
 # --- a full disk ------------------------------------------------------------------------------------
 
 
@@ -195,8 +221,8 @@ def test_cleaning_onto_a_full_disk_stops_and_leaves_no_cleaned_file(tmp_path: Pa
     profile = profile_step(source, run_dir, dsn=None, settings=settings)
     health = HealthCheck([run_dir], settings.min_free_disk_bytes, settings.min_available_memory_bytes, every_rows=100)
     with pytest.raises(ResourceExhausted) as stopped:
-        clean_step(source, profile.artifact.plan_path, run_dir / "cleaned.db", score_before=profile.artifact.quality_score,
-                   settings=settings, health_check=health)
+        clean_step(source, profile.artifact.plan_path, run_dir / "cleaned.db",
+                   score_before=profile.artifact.quality_score, settings=settings, health_check=health)
     message = str(stopped.value)
     assert "\n" not in message and "free" in message and stopped.value.exit_code == 1
     assert file_digest(source) == before
@@ -282,7 +308,8 @@ def cleaned_demo(tmp_path_factory: pytest.TempPathFactory) -> CleanedArtifact:
 def copying(dsn: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return bool(conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query ILIKE 'COPY %'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state = 'active' AND query ILIKE 'COPY %'"
         ).fetchone()[0])
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from servicedesk_etl_tests.integration_support import (
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 LIVE = "servicedesk"
+PYTHON_TYPES = {"timestamp": datetime, "bigint": int, "boolean": bool, "numeric": Decimal, "double precision": float,
+                "text": str}
 PG_TYPE_NAMES = {"timestamp": "timestamp without time zone", "timestamptz": "timestamp with time zone"}
 
 
@@ -46,7 +50,7 @@ class Migrated:
 
 
 @pytest.fixture(scope="module")
-def migrated(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Migrated:
+def migrated(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Migrated]:
     """One run of the whole job on a scale-0.01 demo (about 2,600 rows) into a database of its own."""
     folder = tmp_path_factory.mktemp("truth")
     demo = generate_demo_snapshot(folder / "servicedesk_tickets.db", scale=0.01, seed=42)
@@ -121,7 +125,9 @@ def test_every_planted_cell_has_its_expected_value_in_postgres(migrated: Migrate
         for cell in cells:
             actual = locator.live_values(cell)
             where = f"{cell['table']} rowid {cell['rowid']} {cell['column']} ({cell['defect']}, raw {cell['raw']!r})"
-            if len(actual) != 1 or not same_value(cell["expected"], actual[0]):
+            kind = PYTHON_TYPES[migrated.truth["column_types"][cell["table"]][cell["column"]]]
+            if len(actual) != 1 or not same_value(cell["expected"], actual[0]) or not (
+                    actual[0] is None or isinstance(actual[0], kind)):
                 mismatches.append(Mismatch(where, cell["expected"], actual))
     assert mismatches == []
 
@@ -209,9 +215,9 @@ class RowLocator:
 
     def cleaned_row(self, table: TablePlan, rowid: int) -> dict[str, Any]:
         names = [column.name for column in table.columns]
-        row = self.cleaned.execute(
-            f"SELECT {', '.join(quote_ident(name) for name in names)} FROM {quote_ident(table.name)} WHERE rowid = ?", (rowid,)
-        ).fetchone()
+        columns = ", ".join(quote_ident(name) for name in names)
+        query = f"SELECT {columns} FROM {quote_ident(table.name)} WHERE rowid = ?"
+        row = self.cleaned.execute(query, (rowid,)).fetchone()
         assert row is not None, f"rowid {rowid} of {table.name} is not in the cleaned file"
         return dict(zip(names, row, strict=True))
 

@@ -118,6 +118,23 @@ def convert_column(raw: pl.Series, column: ColumnPlan) -> ConvertedColumn:
     )
 
 
+def convert_distinct(raw: pl.Series, column: ColumnPlan) -> ConvertedColumn:
+    """`convert_column` run once per distinct raw value, then gathered back to every row.
+
+    The same result as `convert_column(raw, column)` (every conversion depends on the value alone),
+    cheaper when values repeat, as dates and statuses do.
+    """
+    groups = pl.DataFrame({"v": raw}).with_row_index("row").group_by("v").agg(pl.col("row"))
+    converted = convert_column(groups["v"], column)
+    positions = groups.select("row").with_row_index("distinct").explode("row").sort("row")["distinct"]
+    return ConvertedColumn(
+        values=converted.values.gather(positions),
+        outcome=converted.outcome.gather(positions),
+        operation=converted.operation.gather(positions),
+        reason=converted.reason.gather(positions),
+    )
+
+
 def _staged(frame: pl.DataFrame, attempts: list[_Attempt]) -> pl.LazyFrame:
     """Each attempt's applies / value / reason / operation as columns, so each is computed once."""
     first = []

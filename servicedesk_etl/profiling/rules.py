@@ -10,6 +10,7 @@ counted inside their own category.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tomllib
@@ -227,9 +228,10 @@ def detect_links(catalog: Catalog) -> list[tuple[ColumnRef, ColumnRef]]:
     for logical in catalog.mapping.columns:
         table, _, column = logical.partition(".")
         if column.endswith("_id") and f"{column[:-3]}.id" in catalog.mapping.columns and column[:-3] != table:
-            child, parent = catalog.resolve_column(logical), catalog.resolve_column(f"{column[:-3]}.id")
-            if child is not None and parent is not None:
-                links[(child.label, parent.label)] = (child, parent)
+            mapped_child = catalog.resolve_column(logical)
+            mapped_parent = catalog.resolve_column(f"{column[:-3]}.id")
+            if mapped_child is not None and mapped_parent is not None:
+                links[(mapped_child.label, mapped_parent.label)] = (mapped_child, mapped_parent)
     return list(links.values())
 
 
@@ -377,7 +379,8 @@ def _rule_from(raw: Mapping[str, Any], pack: str, categories: Mapping[str, float
         raise RulePackError(f"{where}: unknown selector {params['select']!r} (known: {', '.join(sorted(SELECTORS))})")
     if check == "conditional_completeness" and not ("when" in params and params.get("values")):
         raise RulePackError(f"{where}: a conditional_completeness rule needs `when` and `values`")
-    return RuleSpec(rule_id, raw.get("name", rule_id), category, check, params, threshold, bool(raw.get("summary", False)))
+    summary = bool(raw.get("summary", False))
+    return RuleSpec(str(rule_id), str(raw.get("name", rule_id)), str(category), str(check), params, threshold, summary)
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -433,6 +436,10 @@ class RuleReport:
 
     def with_status(self, status: str) -> tuple[RuleResult, ...]:
         return tuple(r for r in self.results if r.status == status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: for reports and asset-check metadata."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -754,6 +761,34 @@ def _text_values(rule: RuleSpec, ref: ColumnRef, targets: _Targets, ctx: _Contex
     return Measure(m.TEXT_VALUES, ref.physical_column)
 
 
+def may_hold_invalid_utf8(column: ColumnPlan) -> bool:
+    """Whether a text column needs the (costly, per character) UTF-8 test: unless the profile
+    proved the snapshot's column held valid UTF-8 text only, it does. Cleaning never adds bytes."""
+    profile = column.profile
+    return profile.rows == 0 or profile.invalid_utf8 > 0 or profile.storage_classes.get("blob", 0) > 0
+
+
+def _utf8_measures(rule: RuleSpec, targets: _Targets, ctx: _Context) -> Wanted:
+    wanted = [(ref.physical_table, Measure(m.TEXT_VALUES, ref.physical_column)) for ref in targets.columns]
+    wanted += [
+        (ref.physical_table, Measure(m.INVALID_UTF8, ref.physical_column))
+        for ref in targets.columns
+        if may_hold_invalid_utf8(ref.column)
+    ]
+    return wanted
+
+
+def _invalid_utf8(rule: RuleSpec, targets: _Targets, ctx: _Context) -> dict[str, Observation]:
+    """Columns the profile proved valid count as clean without the per-character scan."""
+    result = {}
+    for ref in targets.columns:
+        texts = ctx.count(ref.physical_table, Measure(m.TEXT_VALUES, ref.physical_column))
+        suspect = may_hold_invalid_utf8(ref.column)
+        bad = ctx.count(ref.physical_table, Measure(m.INVALID_UTF8, ref.physical_column)) if suspect else 0
+        result[ref.label] = Observation(bad, texts)
+    return result
+
+
 def _missing_when(rule: RuleSpec, ref: ColumnRef, targets: _Targets, ctx: _Context) -> Measure:
     when = targets.when
     assert when is not None
@@ -800,7 +835,7 @@ CHECKS: dict[str, Check] = {
     "orphans": Check(_no_measures, _orphans),
     "nul_bytes": _per_column(_measure(m.NUL_BYTES), _text_values),
     "crlf": _per_column(_measure(m.CRLF), _text_values),
-    "invalid_utf8": _per_column(_measure(m.INVALID_UTF8), _text_values),
+    "invalid_utf8": Check(_utf8_measures, _invalid_utf8),
     "conditional_completeness": _per_column(_missing_when, _condition_rows, complement=True),
 }
 # Checks about presence itself: a missing name is their finding (fail), not a reason to skip them.
@@ -878,29 +913,29 @@ def _evaluable(rule: RuleSpec, targets: _Targets) -> bool:
     return not targets.missing and not targets.empty
 
 
+def _result(pack: RulePack, rule: RuleSpec, status: str, observed: float | None = None, **extra: Any) -> RuleResult:
+    return RuleResult(rule.id, pack.name, rule.category, rule.name, rule.check, status, observed,
+                      dict(rule.threshold), rule.summary, **extra)  # fmt: skip
+
+
 def _judge(pack: RulePack, rule: RuleSpec, targets: _Targets, ctx: _Context) -> RuleResult:
-    base = dict(
-        rule_id=rule.id, pack=pack.name, category=rule.category, name=rule.name, check=rule.check,
-        threshold=dict(rule.threshold), summary=rule.summary,
-    )  # fmt: skip
     if targets.missing and rule.check not in _PRESENCE_CHECKS:
         missing = tuple(targets.missing)
-        return RuleResult(**base, status=NOT_EVALUATED, observed=None, missing=missing,
-                          message=f"not evaluated: cannot find {', '.join(missing)}")  # fmt: skip
+        message = f"not evaluated: cannot find {', '.join(missing)}"
+        return _result(pack, rule, NOT_EVALUATED, missing=missing, message=message)
     if targets.empty and rule.check not in _PRESENCE_CHECKS and rule.check not in _PLAN_CHECKS:
-        return RuleResult(**base, status=NOT_APPLICABLE, observed=None, message="no column of this kind")
+        return _result(pack, rule, NOT_APPLICABLE, message="no column of this kind")
     observations = CHECKS[rule.check].observe(rule, targets, ctx)
-    judged = {label: obs for label, obs in observations.items() if obs.ratio is not None}
+    evidence: dict[str, Any] = {"targets": {label: _plain(obs) for label, obs in observations.items()}}
+    judged = {label: obs.ratio for label, obs in observations.items() if obs.ratio is not None}
     if not judged:
-        return RuleResult(**base, status=NOT_APPLICABLE, observed=None, message="no values to judge",
-                          evidence={"targets": {k: _plain(v) for k, v in observations.items()}})  # fmt: skip
-    failing = [label for label, obs in judged.items() if not _meets(obs.ratio, rule.threshold)]  # type: ignore[arg-type]
-    observed = _worst(judged, rule.threshold, failing)
-    evidence = {"targets": {label: _plain(obs) for label, obs in observations.items()}, "failing": failing}
-    status = FAIL if failing else PASS
-    message = f"{len(failing)} of {len(judged)} failing: {', '.join(failing[:5])}" if failing else f"{len(judged)} checked"
-    return RuleResult(**base, status=status, observed=observed, missing=tuple(targets.missing), evidence=evidence,
-                      message=message)  # fmt: skip
+        return _result(pack, rule, NOT_APPLICABLE, evidence=evidence, message="no values to judge")
+    failing = [label for label, ratio in judged.items() if not _meets(ratio, rule.threshold)]
+    evidence["failing"] = failing
+    message = f"{len(failing)} of {len(judged)} failing: {', '.join(failing[:5])}" if failing else "all pass"
+    message = f"{message} ({len(judged)} checked)"
+    return _result(pack, rule, FAIL if failing else PASS, _worst(judged, rule.threshold, failing),
+                   missing=tuple(targets.missing), evidence=evidence, message=message)  # fmt: skip
 
 
 def _plain(observation: Observation) -> dict[str, Any]:
@@ -917,10 +952,10 @@ def _meets(ratio: float, threshold: Mapping[str, float]) -> bool:
     return (low is None or ratio >= low - _EPSILON) and (high is None or ratio <= high + _EPSILON)
 
 
-def _worst(judged: Mapping[str, Observation], threshold: Mapping[str, float], failing: Sequence[str]) -> float:
+def _worst(judged: Mapping[str, float], threshold: Mapping[str, float], failing: Sequence[str]) -> float:
     if failing:
-        return judged[failing[0]].ratio  # type: ignore[return-value]
-    ratios = [obs.ratio for obs in judged.values() if obs.ratio is not None]
+        return judged[failing[0]]
+    ratios = list(judged.values())
     return max(ratios) if "max" in threshold and "min" not in threshold else min(ratios)
 
 
@@ -953,4 +988,4 @@ def _overall(categories: Mapping[str, CategoryScore]) -> float:
     weight = sum(c.weight for c in judged)
     if not weight:
         return 100.0
-    return round(sum(c.weight * c.score for c in judged) / weight, 2)  # type: ignore[operator]
+    return round(sum(c.weight * (c.score or 0.0) for c in judged) / weight, 2)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servicedesk_etl.profiling import sources as m
-from servicedesk_etl.profiling.plan import ColumnPlan, Plan
+from servicedesk_etl.profiling.plan import Plan
 from servicedesk_etl.profiling.rules import (
     NUMBER_TYPES,
     Catalog,
@@ -29,6 +29,7 @@ from servicedesk_etl.profiling.rules import (
     detect_links,
     is_id_like,
     key_column,
+    may_hold_invalid_utf8,
     validate_weights,
 )
 from servicedesk_etl.profiling.sources import (
@@ -148,8 +149,9 @@ class _Tally:
 
 
 def score_quality(source: TableSource, plan: Plan, weights: Mapping[str, float] | None = None) -> QualityScore:
-    """Score the plan's tables as `source` holds them; one aggregate query per table, plus one
-    duplicate-row query per table and one query per detected reference."""
+    """Score the plan's tables as `source` holds them: one aggregate scan per table, plus a
+    duplicate-row query per table without a unique key and one query per detected reference.
+    `weights` (default 40/30/20/5/5) must name the five dimensions and sum to 100."""
     chosen = validate_score_weights(weights if weights is not None else DEFAULT_WEIGHTS)
     start = time.perf_counter()
     markers = tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS))
@@ -160,10 +162,12 @@ def score_quality(source: TableSource, plan: Plan, weights: Mapping[str, float] 
     dimensions = {name: round(tallies[name].percent(), 2) for name in DEFAULT_WEIGHTS}
     dimensions["integrity"] = round(_integrity(tallies), 2)
     score = round(sum(chosen[name] * dimensions[name] for name in chosen) / 100.0, 2)
-    evidence = {name: tallies[name].evidence() for name in ("completeness", "validity", "consistency", "uniqueness")}
-    evidence["integrity"] = _integrity_evidence(tallies)
-    if catalog.missing_tables:
-        evidence["completeness"].details["missing_tables"] = list(catalog.missing_tables)
+    missing_tables = {"missing_tables": list(catalog.missing_tables)} if catalog.missing_tables else {}
+    evidence = {
+        "completeness": tallies["completeness"].evidence(**missing_tables),
+        **{name: tallies[name].evidence() for name in ("validity", "consistency", "uniqueness")},
+        "integrity": _integrity_evidence(tallies),
+    }
     seconds = time.perf_counter() - start
     log.info("quality of %s: %.2f (%s) in %.2fs", source.label, score, grade_for(score), seconds)
     return QualityScore(score, grade_for(score), dimensions, evidence, chosen, source.label, seconds)
@@ -196,13 +200,6 @@ def _measure_tables(catalog: Catalog, markers: tuple[str, ...]) -> dict[str, dic
     }
 
 
-def may_hold_invalid_utf8(column: ColumnPlan) -> bool:
-    """Whether a text column needs the (costly, per character) UTF-8 test: unless the profile
-    proved the snapshot's column held valid UTF-8 text only, it does. Cleaning never adds bytes."""
-    profile = column.profile
-    return profile.rows == 0 or profile.invalid_utf8 > 0 or profile.storage_classes.get("blob", 0) > 0
-
-
 def _is_numeric_id(ref: ColumnRef) -> bool:
     return is_id_like(ref.column.name) and ref.column.target_type in NUMBER_TYPES
 
@@ -223,7 +220,9 @@ def _pairs(catalog: Catalog, table_name: str) -> list[tuple[ColumnRef, ColumnRef
     return pairs
 
 
-def _tallies(catalog: Catalog, counts: Mapping[str, Mapping[Measure, int]], markers: tuple[str, ...]) -> dict[str, _Tally]:
+def _tallies(
+    catalog: Catalog, counts: Mapping[str, Mapping[Measure, int]], markers: tuple[str, ...]
+) -> dict[str, _Tally]:
     tallies = {name: _Tally() for name in (*DEFAULT_WEIGHTS, "referential", "text")}
     for name, table in catalog.tables.items():
         measured = counts[name]

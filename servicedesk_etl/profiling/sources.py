@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -106,7 +106,7 @@ class TableSource(Protocol):
     label: str
     uses_pg_names: bool
 
-    def connected(self) -> Any: ...
+    def connected(self) -> AbstractContextManager[Any]: ...
 
     def tables(self) -> tuple[str, ...]: ...
 
@@ -280,10 +280,13 @@ class _SqliteExpr:
 
     def in_values(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
         holes = ", ".join("?" for _ in values)
-        return f"lower(trim(CAST({self.q} AS TEXT), {_SQLITE_WS})) IN ({holes})", [str(v).strip().lower() for v in values]
+        lowered = [str(v).strip().lower() for v in values]
+        return f"lower(trim(CAST({self.q} AS TEXT), {_SQLITE_WS})) IN ({holes})", lowered
 
 
-def _range_condition(value: str, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool) -> tuple[str, list[Any]]:
+def _range_condition(
+    value: str, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool
+) -> tuple[str, list[Any]]:
     parts, params = [], []
     if low is not None:
         parts.append(f"{value} {'>=' if low_inclusive else '>'} ?")
@@ -574,7 +577,10 @@ _CONFORMING_FAMILIES = {
 _NUMBER_FAMILIES = {"int", "numeric", "float"}
 _DATE_FAMILIES = {"date", "timestamp", "timestamptz"}
 _PG_NUMBER_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)\s*$"
-_PG_ISO_RE = r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?\s*$"
+_PG_ISO_RE = (
+    r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?"
+    r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?\s*$"
+)
 _PG_WS = " \t\r\n"
 
 TRUE = sql.SQL("TRUE")
@@ -660,9 +666,9 @@ class _PgExpr:
         if self.family == "int":
             return sql.SQL("{}::text").format(self.q)
         if self.family in ("numeric", "float"):
-            return sql.SQL("(CASE WHEN {q}::numeric = trunc({q}::numeric) THEN trunc({q}::numeric)::text ELSE {q}::text END)").format(
-                q=self.q
-            )
+            return sql.SQL(
+                "(CASE WHEN {q}::numeric = trunc({q}::numeric) THEN trunc({q}::numeric)::text ELSE {q}::text END)"
+            ).format(q=self.q)
         if self.family == "text":
             return sql.SQL("(CASE WHEN {t} ~ '^[0-9]{{1,18}}$' THEN {t}::bigint::text ELSE {q} END)").format(
                 t=self.trimmed, q=self.q
@@ -673,6 +679,13 @@ class _PgExpr:
         return sql.SQL("lower(btrim({}::text, {})) IN ({})").format(
             self.q, sql.Literal(_PG_WS), self._literals(str(v).strip().lower() for v in values)
         )
+
+
+def _one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("an aggregate query returned no row")
+    return tuple(row)
 
 
 def _pg_groups(measures: Sequence[Measure]) -> list[tuple[Measure, ...]]:
@@ -686,12 +699,16 @@ def _pg_groups(measures: Sequence[Measure]) -> list[tuple[Measure, ...]]:
     return groups
 
 
-def _pg_range(value: sql.Composable, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool, cast: str = "") -> sql.Composable:
+def _pg_range(
+    value: sql.Composable, low: Any, high: Any, low_inclusive: bool, high_inclusive: bool, cast: str = ""
+) -> sql.Composable:
     parts = []
     if low is not None:
-        parts.append(sql.SQL("{} {} {}{}").format(value, sql.SQL(">=" if low_inclusive else ">"), sql.Literal(low), sql.SQL(cast)))
+        low_op = sql.SQL(">=" if low_inclusive else ">")
+        parts.append(sql.SQL("{} {} {}{}").format(value, low_op, sql.Literal(low), sql.SQL(cast)))
     if high is not None:
-        parts.append(sql.SQL("{} {} {}{}").format(value, sql.SQL("<=" if high_inclusive else "<"), sql.Literal(high), sql.SQL(cast)))
+        high_op = sql.SQL("<=" if high_inclusive else "<")
+        parts.append(sql.SQL("{} {} {}{}").format(value, high_op, sql.Literal(high), sql.SQL(cast)))
     return sql.SQL(" AND ").join(parts) if parts else TRUE
 
 
@@ -839,11 +856,11 @@ class PostgresSource:
     def duplicate_rows(self, table: str) -> int:
         name = self._table(table)
         with self.connected() as conn:
-            total, distinct = conn.execute(
-                sql.SQL("SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM (SELECT DISTINCT * FROM {t}) AS d)").format(
-                    t=name
-                )
-            ).fetchone()
+            total, distinct = _one_row(conn.execute(
+                sql.SQL(
+                    "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM (SELECT DISTINCT * FROM {t}) AS d)"
+                ).format(t=name)
+            ))
         return int(total) - int(distinct)
 
     def orphans(self, link: Link, null_markers: Sequence[str] = DEFAULT_NULL_MARKERS) -> OrphanCount:
@@ -865,10 +882,8 @@ class PostgresSource:
             ignored=ignored,
         )  # fmt: skip
         with self.connected() as conn:
-            checked, orphans = conn.execute(
-                sql.SQL("{} SELECT count(*), count(*) FILTER (WHERE k NOT IN (SELECT k FROM parent)) FROM checked").format(keys)
-            ).fetchone()
-            examples = conn.execute(
-                sql.SQL("{} SELECT DISTINCT k FROM checked WHERE k NOT IN (SELECT k FROM parent) ORDER BY k LIMIT 5").format(keys)
-            ).fetchall()
+            counting = "{} SELECT count(*), count(*) FILTER (WHERE k NOT IN (SELECT k FROM parent)) FROM checked"
+            checked, orphans = _one_row(conn.execute(sql.SQL(counting).format(keys)))
+            listing = "{} SELECT DISTINCT k FROM checked WHERE k NOT IN (SELECT k FROM parent) ORDER BY k LIMIT 5"
+            examples = conn.execute(sql.SQL(listing).format(keys)).fetchall()
         return OrphanCount(int(checked), int(orphans or 0), tuple(str(k) for (k,) in examples))

@@ -9,7 +9,6 @@ is not valid UTF-8 keeps `storage == 'text'` and carries its raw bytes in `b` (w
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,31 +71,7 @@ def read_rows(
     names = list(columns) if columns is not None else [column.name for column in table_columns(conn, table)]
     rowid_sql = _rowid_expression(conn, table, names)
     where, params = ("", ()) if sample is None or rowid_sql is None else _where(sample, rowid_sql)
-    undecodable: list[str] = []
-    while True:
-        plain = [name for name in names if name not in undecodable]
-        try:
-            frame = _read_plain(conn, table, plain, rowid_sql, where, params)
-            break
-        except sqlite3.OperationalError as error:
-            culprit = _undecodable_column(error, plain)
-            if culprit is None:
-                raise
-            log.info("table %s column %s holds text that is not valid UTF-8; reading it as bytes", table, culprit)
-            undecodable.append(culprit)
-    if undecodable:
-        split = _read_split(conn, table, undecodable, rowid_sql, where, params, text_as_bytes=True)
-        frame = frame.with_columns(split.drop(ROWID)).select([ROWID, *names])
-    return frame
-
-
-def _undecodable_column(error: sqlite3.OperationalError, names: Sequence[str]) -> str | None:
-    """The column a `Could not decode to UTF-8 column 'x'` error names, if it is one of ours."""
-    match = re.match(r"Could not decode to UTF-8 column '(.*)' with text", str(error), re.DOTALL)
-    if match is None:
-        return None
-    name = match.group(1)
-    return name if name in names else None
+    return _read_plain(conn, table, names, rowid_sql, where, params)
 
 
 def raw_series(name: str, storage: str, values: pl.Series) -> pl.Series:
@@ -171,25 +146,99 @@ def _read_plain(
     where: str,
     params: tuple[int, ...],
 ) -> pl.DataFrame:
-    """One pass with each column as SQLite returns it; columns of mixed storage are re-read split."""
+    """One pass with text fetched as bytes (decoded by polars, not per value in Python).
+
+    Text and blobs both arrive as bytes, and polars reads ints among floats as floats, so a cheap
+    `typeof` probe tells which byte columns are blobs and which columns mix storage classes; only
+    the mixed ones are re-read split by storage class.
+    """
     query = _select(table, [quote_ident(name) for name in names], rowid_sql, where)
-    rows = conn.execute(query, params).fetchall()
+    rows = _fetch(conn, query, params, text_as_bytes=True)
     columns = list(zip(*rows)) if rows else [()] * (len(names) + 1)
-    series: dict[str, pl.Series] = {ROWID: _rowids(columns[0], len(rows))}
-    mixed: list[str] = []
-    for name, values in zip(names, columns[1:]):
-        column = _homogeneous(name, values)
-        if column is None:
-            mixed.append(name)
-        series[name] = column
-    reals = [name for name in names if series[name] is not None and series[name].dtype == pl.Float64]
-    mixed += _reals_holding_integers(conn, table, reals, where, params)
+    rowids = _rowids(columns[0], len(rows))
+    series = {name: _homogeneous(name, values) for name, values in zip(names, columns[1:])}
+    del rows, columns
+    byte_columns = [name for name, values in series.items() if values is not None and values.dtype == pl.Binary]
+    reals = [name for name, values in series.items() if values is not None and values.dtype == pl.Float64]
+    blobs, mixed = _storage_probe(conn, table, byte_columns, reals, where, params)
+    mixed |= {name for name, values in series.items() if values is None}
+    raw = {}
+    for name, values in series.items():
+        if name in mixed or values is None:
+            continue
+        raw[name] = _text_from_bytes(name, values) if name in byte_columns and name not in blobs else _as_raw(
+            name, values
+        )
     if mixed:
-        split = _read_split(conn, table, mixed, rowid_sql, where, params, text_as_bytes=False)
-        series.update({name: split[name] for name in mixed})
-    return pl.DataFrame(
-        [series[ROWID], *[_as_raw(name, series[name]) for name in names]]
-    )
+        split = _read_split(conn, table, [name for name in names if name in mixed], rowid_sql, where, params,
+                            text_as_bytes=True)
+        raw.update({name: split[name] for name in mixed})
+    return pl.DataFrame([rowids, *[raw[name] for name in names]])
+
+
+def _fetch(conn: sqlite3.Connection, query: str, params: tuple[int, ...], text_as_bytes: bool) -> list[tuple]:
+    previous_factory = conn.text_factory
+    if text_as_bytes:
+        conn.text_factory = bytes
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.text_factory = previous_factory
+
+
+def _storage_probe(
+    conn: sqlite3.Connection,
+    table: str,
+    byte_columns: Sequence[str],
+    reals: Sequence[str],
+    where: str,
+    params: tuple[int, ...],
+) -> tuple[set[str], set[str]]:
+    """(byte columns holding blobs only, columns mixing storage classes) among byte and float columns.
+
+    A first scan asks only whether any blob or any integer among reals exists (usually not); only
+    then does a second scan name the columns.
+    """
+    if not byte_columns and not reals:
+        return set(), set()
+    tests = [f"typeof({quote_ident(name)}) = 'blob'" for name in byte_columns]
+    tests += [f"typeof({quote_ident(name)}) = 'integer'" for name in reals]
+    condition = f"{where} AND ({' OR '.join(tests)})" if where else f" WHERE {' OR '.join(tests)}"
+    (found,) = conn.execute(f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)}{condition})", params).fetchone()
+    if not found:
+        return set(), set()
+    probes = [
+        f"max(typeof({quote_ident(name)}) = 'blob'), max(typeof({quote_ident(name)}) = 'text')"
+        for name in byte_columns
+    ]
+    probes += [f"max(typeof({quote_ident(name)}) = 'integer')" for name in reals]
+    flags = conn.execute(f"SELECT {', '.join(probes)} FROM {quote_ident(table)}{where}", params).fetchone()
+    blobs, mixed = set(), set()
+    for position, name in enumerate(byte_columns):
+        has_blob, has_text = flags[2 * position], flags[2 * position + 1]
+        if has_blob and has_text:
+            mixed.add(name)
+        elif has_blob:
+            blobs.add(name)
+    integer_flags = flags[2 * len(byte_columns) :]
+    mixed.update(name for name, flag in zip(reals, integer_flags) if flag)
+    return blobs, mixed
+
+
+def _text_from_bytes(name: str, values: pl.Series) -> pl.Series:
+    """A raw Struct series from text fetched as bytes: valid UTF-8 in `s`, any other bytes kept in `b`."""
+    text, invalid = _decode_text(values)
+    frame = pl.DataFrame({"s": text, "b": invalid})
+    storage = pl.when(pl.col("s").is_null() & pl.col("b").is_null()).then(pl.lit("null")).otherwise(pl.lit("text"))
+    return frame.select(
+        pl.struct(
+            storage.alias("storage"),
+            pl.lit(None, pl.Int64).alias("i"),
+            pl.lit(None, pl.Float64).alias("r"),
+            pl.col("s"),
+            pl.col("b"),
+        ).alias(name)
+    ).to_series()
 
 
 def _rowids(values: Sequence[object], count: int) -> pl.Series:
@@ -203,17 +252,6 @@ def _homogeneous(name: str, values: Sequence[object]) -> pl.Series | None:
         return pl.Series(name, values, strict=True)
     except TypeError:
         return None
-
-
-def _reals_holding_integers(
-    conn: sqlite3.Connection, table: str, reals: Sequence[str], where: str, params: tuple[int, ...]
-) -> list[str]:
-    """polars reads ints among floats as floats silently, so ask SQLite which REAL columns mix in integers."""
-    if not reals:
-        return []
-    probes = [f"max(typeof({quote_ident(name)}) = 'integer')" for name in reals]
-    flags = conn.execute(f"SELECT {', '.join(probes)} FROM {quote_ident(table)}{where}", params).fetchone()
-    return [name for name, flag in zip(reals, flags) if flag]
 
 
 def _as_raw(name: str, values: pl.Series) -> pl.Series:

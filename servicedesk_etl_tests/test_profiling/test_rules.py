@@ -19,7 +19,7 @@ from servicedesk_etl.profiling.rules import (
     load_pack,
     shipped_pack_paths,
 )
-from servicedesk_etl.profiling.sources import sqlite_source
+from servicedesk_etl.profiling.sources import postgres_source, sqlite_source
 from servicedesk_etl.sqlite_source import open_readonly
 
 NOW = datetime(2025, 12, 1)
@@ -114,7 +114,8 @@ def build_servicedesk(
          for i in range(100)],
     )  # fmt: skip
     _create(conn, "timesheets", TIMESHEET_COLUMNS)
-    _insert(conn, "timesheets", [("agent", "2025-03-05 00:00:00", 1.5, 0 if i < admin_rows else i % 40 + 1) for i in range(50)])
+    crm_ids = [0 if i < admin_rows else i % 40 + 1 for i in range(50)]
+    _insert(conn, "timesheets", [("agent", "2025-03-05 00:00:00", 1.5, crm_id) for crm_id in crm_ids])
     conn.commit()
     conn.close()
     targets = {"tickets": TICKET_TARGETS, comment_table: dict(zip(names, COMMENT_TARGETS, strict=True))}
@@ -219,7 +220,9 @@ def test_summary_rules_are_reported_but_not_counted_in_their_category(tmp_path: 
     ("orphans", "admin_rows", "failing"),
     [(3, 10, set()), (10, 10, {"SD-REF-01"}), (3, 2, {"SD-BUS-06"}), (3, 20, {"SD-BUS-06"})],
 )
-def test_orphan_rate_and_admin_share_thresholds(tmp_path: Path, orphans: int, admin_rows: int, failing: set[str]) -> None:
+def test_orphan_rate_and_admin_share_thresholds(
+    tmp_path: Path, orphans: int, admin_rows: int, failing: set[str]
+) -> None:
     path, plan = build_servicedesk(tmp_path / "sd.db", orphans=orphans, admin_rows=admin_rows)
     report = evaluate_rules(sqlite_source(path), plan, [SERVICEDESK_PACK], now=NOW)
     assert {r.rule_id for r in report.with_status("fail")} == failing
@@ -272,3 +275,44 @@ def test_servicedesk_pack_on_the_demo_snapshot(tmp_path: Path) -> None:
     assert admin.status == PASS and 0.15 < admin.observed < 0.25
     assert report.with_status(NOT_EVALUATED) == ()
     assert report.by_id("SD-TYP-05").status == "fail"  # the nine DD/MM/YYYY response dates
+    assert json.loads(json.dumps(report.to_dict()))["score"] == report.score
+
+
+PG_TYPES = {"bigint": "bigint", "timestamp": "timestamp", "text": "text", "double precision": "double precision"}
+
+
+def load_into_postgres(dsn: str, schema: str, path: Path, plan: Plan) -> None:
+    """The cleaned equivalent of a built snapshot in typed PostgreSQL tables ('' becomes NULL)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as pg, open_readonly(path) as lite:
+        pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        for table in plan.tables:
+            columns = sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c.pg_name), sql.SQL(PG_TYPES[c.target_type]))
+                for c in table.columns
+            )
+            name = sql.Identifier(schema, table.pg_name)
+            pg.execute(sql.SQL("CREATE TABLE {} ({})").format(name, columns))
+            rows = [
+                tuple(None if v in ("", None) else int(v) if c.target_type == "bigint" else v
+                      for v, c in zip(row, table.columns, strict=True))
+                for row in lite.execute(f'SELECT * FROM "{table.name}"')
+            ]  # fmt: skip
+            holes = sql.SQL(", ").join(sql.Placeholder() for _ in table.columns)
+            with pg.cursor() as cursor:
+                cursor.executemany(sql.SQL("INSERT INTO {} VALUES ({})").format(name, holes), rows)
+
+
+@pytest.mark.postgres
+def test_rules_run_the_same_on_a_postgres_schema(tmp_path: Path, fresh_database: str) -> None:
+    path, plan = build_servicedesk(tmp_path / "sd.db", comment_style="TKTCT")
+    load_into_postgres(fresh_database, "servicedesk_v1", path, plan)
+    snapshot = evaluate_rules(sqlite_source(path), plan, now=NOW)
+    loaded = evaluate_rules(postgres_source(fresh_database, "servicedesk_v1"), plan, now=NOW)
+    assert loaded.with_status(NOT_EVALUATED) == ()
+    assert loaded.by_id("SD-REF-01").observed == snapshot.by_id("SD-REF-01").observed == pytest.approx(0.03)
+    assert snapshot.by_id("GEN-TYP-01").status == "fail" and loaded.by_id("GEN-TYP-01").status == PASS
+    assert snapshot.by_id("GEN-CMP-03").status == "fail" and loaded.by_id("GEN-CMP-03").status == PASS
+    assert loaded.score > snapshot.score

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import pytest
 from psycopg import sql
 
 from servicedesk_etl.profiling.plan import SQLITE_DECLARED_TYPE, ColumnPlan, Conversion, Plan, TablePlan
-from servicedesk_etl.profiling.rules import RulePackError
+from servicedesk_etl.profiling.rules import NOT_EVALUATED, RulePackError, evaluate_rules
 from servicedesk_etl.profiling.score import DEFAULT_WEIGHTS, grade_for, postgres_source, score_quality, sqlite_source
+from servicedesk_etl_tests.conftest import CORPUS_FILES
 
 # table -> [(column, declared type in the snapshot, planned target type, PostgreSQL name)]
 SCHEMA: dict[str, list[tuple[str, str, str, str]]] = {
@@ -38,8 +40,9 @@ PG_TYPES = {"bigint": "bigint", "text": "text", "timestamp": "timestamp", "boole
 
 def make_plan(schema: dict[str, list[tuple[str, str, str, str]]] = SCHEMA, **row_counts: int) -> Plan:
     tables = tuple(
-        TablePlan(table, table, row_counts.get(table, 0),
-                  tuple(ColumnPlan(name, pg, declared, target, Conversion(), 1.0) for name, declared, target, pg in cols))
+        TablePlan(table, table, row_counts.get(table, 0), tuple(
+            ColumnPlan(name, pg, declared, target, Conversion(), 1.0) for name, declared, target, pg in cols
+        ))
         for table, cols in schema.items()
     )  # fmt: skip
     return Plan("snapshot.db", "", "", tables)
@@ -102,11 +105,15 @@ def write_postgres(dsn: str, schema: str, rows: dict[str, list[tuple[Any, ...]]]
             )
             name = sql.Identifier(schema, table)
             conn.execute(sql.SQL("CREATE TABLE {} ({})").format(name, body))
-            values = [tuple(bool(v) if target == "boolean" and v is not None else v
-                            for v, (_, _, target, _) in zip(row, columns, strict=True)) for row in rows[table]]  # fmt: skip
+            targets = [target for _, _, target, _ in columns]
+            values = [tuple(_pg_value(v, t) for v, t in zip(row, targets, strict=True)) for row in rows[table]]
             with conn.cursor() as cursor:
                 holes = sql.SQL(", ").join(sql.Placeholder() for _ in columns)
                 cursor.executemany(sql.SQL("INSERT INTO {} VALUES ({})").format(name, holes), values)
+
+
+def _pg_value(value: Any, target: str) -> Any:
+    return bool(value) if target == "boolean" and value is not None else value
 
 
 @pytest.fixture
@@ -216,8 +223,6 @@ def test_postgres_text_where_a_timestamp_was_planned_is_not_valid(fresh_database
 
 def test_score_of_the_demo_snapshot_is_evidence_backed(tmp_path: Path) -> None:
     demo = pytest.importorskip("servicedesk_etl.demo_data")
-    import json
-
     summary = demo.generate_demo_snapshot(tmp_path / "demo.db", scale=0.01, seed=42)
     truth = json.loads(Path(summary.truth_path).read_text(encoding="utf-8"))
     schema = {table: [(c, "", t, c) for c, t in columns.items()] for table, columns in truth["column_types"].items()}
@@ -227,3 +232,17 @@ def test_score_of_the_demo_snapshot_is_evidence_backed(tmp_path: Path) -> None:
     assert score.dimensions["uniqueness"] < 100  # planted duplicate rows
     failing = {entry["target"] for entry in score.evidence["validity"].failing}
     assert "comments.comment_id" in failing
+    assert json.loads(json.dumps(score.to_dict()))["dimensions"] == score.dimensions
+
+
+@pytest.mark.parametrize("name", CORPUS_FILES)
+def test_every_corpus_file_scores_and_runs_the_rules(corpus_copy, name: str) -> None:
+    infer = pytest.importorskip("servicedesk_etl.profiling.infer")
+    path = corpus_copy(name)
+    plan = infer.profile_database(path)
+    score = score_quality(sqlite_source(path), plan)
+    assert 0 <= score.score <= 100 and score.grade == grade_for(score.score)
+    assert all(0 <= value <= 100 for value in score.dimensions.values())
+    report = evaluate_rules(sqlite_source(path), plan)
+    assert report.with_status(NOT_EVALUATED) == ()
+    assert 0 <= report.score <= 100
