@@ -202,7 +202,7 @@ def comment_statements(schema: str, table: TablePlan) -> list[sql.Composed]:
 
 
 def index_statements(schema: str, table: TablePlan) -> list[sql.Composed]:
-    """PRIMARY KEY on the key columns; an index on each unique (non-key) and each date/time column."""
+    """PRIMARY KEY on the key columns; an index on each unique non-text (non-key) and each date/time column."""
     target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table.pg_name))
     statements = []
     if table.key_columns:
@@ -216,7 +216,8 @@ def index_statements(schema: str, table: TablePlan) -> list[sql.Composed]:
     for column in table.columns:
         if column.name == single_key:
             continue
-        if column.target_type in TEMPORAL_TYPES or column.unique:
+        # Unique free text (comments, descriptions) is no lookup key, and B-tree entries cap at ~2.7 kB.
+        if column.target_type in TEMPORAL_TYPES or (column.unique and column.target_type not in ("text", "bytea")):
             statements.append(
                 sql.SQL("CREATE INDEX {} ON {} ({})").format(
                     sql.Identifier(index_name(table.pg_name, column.pg_name)), target, sql.Identifier(column.pg_name)

@@ -139,7 +139,7 @@ def read_plan(path: Path) -> Plan:
         raise InputError(f"{path}: not a usable plan ({error})") from error
 
 
-def write_profile_json(plan: Plan, gates: list[GateResult], score: Any, path: Path) -> Path:
+def write_profile_json(plan: Plan, gates: list[GateResult], score: Any, rules: Any, path: Path) -> Path:
     """The profile as one JSON document: the plan (with each column's evidence), the score and the gates."""
     import json
 
@@ -147,6 +147,7 @@ def write_profile_json(plan: Plan, gates: list[GateResult], score: Any, path: Pa
         "plan": plan.to_dict(),
         "quality": {"score": score.score, "grade": score.grade, "dimensions": dict(score.dimensions)},
         "gates": [_plain(gate) for gate in gates],
+        "rules": _plain(rules.to_dict()),
     }
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     return path
@@ -226,6 +227,7 @@ def profile_step(
 ) -> StepOutcome[ProfileArtifact]:
     """Infer the plan from the values, score the snapshot, dry-run the plan, and gate on confidence."""
     from servicedesk_etl.profiling.infer import ProfileSettings, profile_database
+    from servicedesk_etl.profiling.rules import evaluate_rules
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
     from servicedesk_etl.reports import write_profile_report
 
@@ -233,16 +235,17 @@ def profile_step(
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = profile_database(source, ProfileSettings(day_first_default=settings.day_first_default))
     plan_path = plan.write(run_dir / "plan.json")
-    score, dry_run_result = concurrently(
+    score, rules, dry_run_result = concurrently(
         lambda: score_quality(sqlite_source(source), plan),
+        lambda: evaluate_rules(sqlite_source(source), plan),
         lambda: dry_run_gate(source, plan, dsn) if settings.run_dry_run and dsn is not None else None,
     )
     gates = [type_confidence_gate(plan, settings), circuit_breaker_gate(plan, settings)]
     if dry_run_result is not None:
         gates.append(dry_run_result)
-    gates.append(quality_score_gate(score, settings))
-    report_path = write_profile_report(plan, gates, score, run_dir / "profile_report.md")
-    json_path = write_profile_json(plan, gates, score, run_dir / "profile_report.json")
+    gates.append(quality_score_gate(score, rules, settings))
+    report_path = write_profile_report(plan, gates, score, rules, run_dir / "profile_report.md")
+    json_path = write_profile_json(plan, gates, score, rules, run_dir / "profile_report.json")
     artifact = ProfileArtifact(source, plan_path, report_path, score.score, dict(score.dimensions))
     metadata = {
         "tables": len(plan.tables),
@@ -253,6 +256,7 @@ def profile_step(
         "report_json": str(json_path),
         "quality_score": score.score,
         "dimensions": dict(score.dimensions),
+        "rules_score": rules.score,
     }
     return StepOutcome(artifact, tuple(gates), metadata, elapsed_since(start))
 
@@ -318,12 +322,22 @@ def dry_run_gate(source: Path, plan: Plan, dsn: str) -> GateResult:
     )
 
 
-def quality_score_gate(score: Any, settings: PipelineSettings) -> GateResult:
+def quality_score_gate(score: Any, rules: Any, settings: PipelineSettings) -> GateResult:
+    """The snapshot's score and rule results: a warning, never a stop (cleaning is what fixes them)."""
+    counts = {status: len(rules.with_status(status)) for status in ("pass", "fail", "not_evaluated", "not_applicable")}
+    failing = [
+        {"rule": r.rule_id, "name": r.name, "observed": r.observed, "threshold": r.threshold, "message": r.message}
+        for r in rules.with_status("fail")
+    ]
+    not_evaluated = [{"rule": r.rule_id, "name": r.name, "missing": list(r.missing)} for r in rules.with_status("not_evaluated")]
     return GateResult(
         "quality_score",
         passed=score.score >= settings.min_quality_score,
-        summary=f"snapshot scores {score.score:.1f}/100 ({score.grade})",
-        metadata={"score": score.score, "grade": score.grade, "dimensions": dict(score.dimensions)},
+        summary=f"snapshot scores {score.score:.1f}/100 ({score.grade}); rules {counts['pass']} pass, "
+        f"{counts['fail']} fail, {counts['not_evaluated']} not evaluated (rule score {rules.score:.1f})",
+        metadata={"score": score.score, "grade": score.grade, "dimensions": dict(score.dimensions),
+                  "rule_score": rules.score, "rules": counts, "failing_rules": failing,
+                  "rules_not_evaluated": not_evaluated},
         blocking=False,
     )
 

@@ -33,7 +33,7 @@ def _nulls(column: ColumnPlan) -> str:
     return ", ".join(parts)
 
 
-def render_profile_report(plan: Plan, gates: Sequence[GateResult], score: Any) -> str:
+def render_profile_report(plan: Plan, gates: Sequence[GateResult], score: Any, rules: Any) -> str:
     lines = [
         "# Profile report",
         "",
@@ -50,6 +50,20 @@ def render_profile_report(plan: Plan, gates: Sequence[GateResult], score: Any) -
     for gate in gates:
         verdict = "pass" if gate.passed else ("FAIL" if gate.blocking else "warn")
         lines.append(f"| {gate.name} | {verdict} | {_cell(gate.summary)} |")
+    lines += [
+        "",
+        f"## Rules (score {rules.score:.1f}/100)",
+        "",
+        "| rule | category | name | status | observed | threshold | detail |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in rules.results:
+        detail = result.message or (f"missing: {', '.join(result.missing)}" if result.missing else "")
+        observed = "" if result.observed is None else f"{result.observed:.4g}"
+        lines.append(
+            f"| {result.rule_id} | {result.category} | {_cell(result.name)} | {result.status} | {observed} | "
+            f"{_cell(result.threshold)} | {_cell(detail)} |"
+        )
     for table in plan.tables:
         lines += [
             "",
@@ -71,6 +85,6 @@ def render_profile_report(plan: Plan, gates: Sequence[GateResult], score: Any) -
     return "\n".join(lines) + "\n"
 
 
-def write_profile_report(plan: Plan, gates: Sequence[GateResult], score: Any, path: Path) -> Path:
-    path.write_text(render_profile_report(plan, gates, score), encoding="utf-8")
+def write_profile_report(plan: Plan, gates: Sequence[GateResult], score: Any, rules: Any, path: Path) -> Path:
+    path.write_text(render_profile_report(plan, gates, score, rules), encoding="utf-8")
     return path
