@@ -84,6 +84,15 @@ def write_sample(source: Path, plan: Plan, target: Path, spread_rows: int) -> di
     return counts
 
 
+def where_it_failed(error: psycopg.Error) -> str:
+    """The table and column PostgreSQL names in its error, else the statement context it gives."""
+    diag = error.diag
+    place = ".".join(part for part in (diag.table_name, diag.column_name) if part)
+    if place:
+        return place
+    return diag.context.splitlines()[0] if diag.context else "the load"
+
+
 def dry_run(source: Path, plan: Plan, dsn: str, *, spread_rows: int = 200) -> DryRunReport:
     """Clean, load and query a sample of `source` under `plan` in a throwaway schema, then drop it."""
     from servicedesk_etl.cleaning import clean_snapshot
@@ -103,9 +112,7 @@ def dry_run(source: Path, plan: Plan, dsn: str, *, spread_rows: int = 200) -> Dr
             load_schema(cleaned, sample_plan, dsn, schema, max_workers=1)
             queries = run_query_templates(dsn, schema)
         except psycopg.Error as error:
-            diag = error.diag
-            failures.append(DryRunFailure("load", diag.statement_position or diag.context or "",
-                                          diag.message_primary or str(error).splitlines()[0]))
+            failures.append(DryRunFailure("load", where_it_failed(error), error.diag.message_primary or str(error).splitlines()[0]))
         finally:
             drop_schema(dsn, schema)
     failures += [DryRunFailure("query", run.name, run.error or "") for run in queries if run.status == FAILED]

@@ -43,6 +43,7 @@ class PipelineSettings:
     day_first_default: bool = True
     duplicate_policy: str = "keep_first"
     check_every_rows: int = 10_000
+    min_free_disk_ratio: float = 2.0
     min_free_disk_bytes: int = 256 * 2**20
     min_available_memory_bytes: int = 256 * 2**20
     run_dry_run: bool = True
@@ -163,7 +164,7 @@ def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: Pipel
 
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = run_preflight(source, dsn, work_dirs=[run_dir])
+    report = run_preflight(source, dsn, work_dirs=[run_dir], min_free_ratio=settings.min_free_disk_ratio)
     preflight = GateResult(
         "preflight",
         passed=report.status != "fail",

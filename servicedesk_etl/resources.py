@@ -58,6 +58,9 @@ class GateSettings(dg.ConfigurableResource):
     day_first_default: bool = True
     duplicate_policy: str = "keep_first"
     check_every_rows: int = 10_000
+    min_free_disk_ratio: float = 2.0
+    min_free_disk_bytes: int = 256 * 2**20
+    min_available_memory_bytes: int = 256 * 2**20
 
     def settings(self) -> PipelineSettings:
         return dataclasses.replace(PipelineSettings(), **self.model_dump())

@@ -87,29 +87,16 @@ PINNED: dict[str, Pinned] = {
     "pgloader-collision.db": Pinned(live=True, tables=1, checks=(long_names_stay_distinct,)),
     "pgloader-test_pk.db": Pinned(live=True, tables=2, checks=(empty_keyed_tables_exist,)),
     "pgloader-type-mismatch.db": Pinned(live=True, tables=1, checks=(text_in_an_integer_column_is_kept,)),
-    # pgloader loads this file; every value has a type the plan supports. See the xfail below.
+    # pgloader loads this file; every value has a type the plan supports. Its blobs.data holds a
+    # 28,984-byte value: once a unique bytea column was indexed, over PostgreSQL's B-tree row limit.
     "pgloader-sqlite.db": Pinned(live=True, tables=20),
 }
-
-KNOWN_BUGS = {
-    "pgloader-sqlite.db": (
-        "product bug: the loader indexes every unique column, and blobs.data holds a 28,984-byte value, over "
-        "PostgreSQL's btree row limit; the dry run stops with 'load : index row requires 28984 bytes', naming "
-        "neither table nor column"
-    ),
-}
-
-
-def corpus_params() -> list[Any]:
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name]))
-            if name in KNOWN_BUGS else name for name in CORPUS_FILES]
-
 
 def test_every_corpus_file_has_a_pinned_outcome() -> None:
     assert sorted(PINNED) == CORPUS_FILES
 
 
-@pytest.mark.parametrize("name", corpus_params())
+@pytest.mark.parametrize("name", CORPUS_FILES)
 def test_corpus_file_reaches_its_pinned_outcome(name: str, corpus_copy, fresh_database: str, state_home: Path) -> None:
     pinned = PINNED[name]
     source = corpus_copy(name)

@@ -82,13 +82,14 @@ def test_postgres_url_accepts_keyword_and_socket_dsns(dsn: str, url: str):
     assert postgres_url(dsn) == url
 
 
-def test_the_deployed_instance_config_opens_on_a_unix_socket_url(postgres_instance: str):
+def test_the_deployed_instance_opens_on_a_unix_socket_url_and_queues_one_run_at_a_time(postgres_instance: str):
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 1
 
 
 def test_a_migration_run_and_its_gate_evaluations_are_stored_in_postgresql(
@@ -131,7 +132,8 @@ def assert_target_and_instance_are_apart(instance_dsn: str, target_dsn: str) -> 
     with psycopg.connect(instance_dsn) as conn:
         in_instance = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'servicedesk%'").fetchone()[0]
     with psycopg.connect(target_dsn) as conn:
-        live = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'servicedesk'").fetchone()[0]
+        live = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'servicedesk'").fetchone()[0]
         dagster_tables = conn.execute("SELECT to_regclass('public.event_logs') IS NOT NULL").fetchone()[0]
     assert in_instance == 0
     assert live > 0

@@ -8,11 +8,13 @@ A second run on a file that is not SQLite must stop at its first gate, visibly, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -102,16 +104,16 @@ query RunEvents($runId: ID!, $cursor: String) {
       hasMore
       events {
         __typename
-        ... on MaterializationEvent { assetKey { path } metadataEntries { %(metadata)s } }
+        ... on MaterializationEvent { assetKey { path } metadataEntries { METADATA_FIELDS } }
         ... on AssetCheckEvaluationEvent {
-          evaluation { checkName assetKey { path } success severity description metadataEntries { %(metadata)s } }
+          evaluation { checkName assetKey { path } success severity description metadataEntries { METADATA_FIELDS } }
         }
         ... on ExecutionStepFailureEvent { stepKey error { message } }
       }
     }
   }
 }
-""" % {"metadata": METADATA_FIELDS}
+""".replace("METADATA_FIELDS", METADATA_FIELDS)
 
 CHECK_DASHBOARD = """
 query CheckDashboard {
@@ -255,10 +257,8 @@ def live_row_counts(dsn: str) -> dict[str, int]:
     with psycopg.connect(dsn) as conn:
         tables = [row[0] for row in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (LIVE_SCHEMA,))]
-        return {
-            table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(LIVE_SCHEMA, table))).fetchone()[0]
-            for table in tables
-        }
+        count = sql.SQL("SELECT count(*) FROM {}")
+        return {table: conn.execute(count.format(sql.Identifier(LIVE_SCHEMA, table))).fetchone()[0] for table in tables}
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +292,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory, target_dsn: str) -> Iter
     }
     port = free_port()
     log = root / "webserver.log"
-    webserver_bin = REPO_ROOT / ".venv" / "bin" / "dagster-webserver"
+    webserver_bin = Path(sys.executable).with_name("dagster-webserver")
     command = [str(webserver_bin), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -337,7 +337,7 @@ def refused_run(webserver: Webserver, good_run: RunRecord) -> RunRecord:
 def test_the_ui_shows_the_five_assets_in_pipeline_order_in_the_migration_job(webserver: Webserver):
     nodes = {"/".join(node["assetKey"]["path"]): node for node in webserver.graphql(ASSET_GRAPH_QUERY)["assetNodes"]}
     assert set(nodes) == set(PIPELINE)
-    for upstream, downstream in zip(PIPELINE, PIPELINE[1:]):
+    for upstream, downstream in itertools.pairwise(PIPELINE):
         parents = {"/".join(key["path"]) for key in nodes[downstream]["dependencyKeys"]}
         assert upstream in parents, f"the UI does not draw {upstream} -> {downstream}"
     assert all(MIGRATION_JOB in node["jobNames"] for node in nodes.values())
