@@ -36,6 +36,7 @@ class PipelineSettings:
 
     min_type_confidence: float = 0.95
     max_unconvertible_share: float = 0.20
+    min_typed_confidence: float = 0.80
     min_quality_score: float = 80.0
     canary_percent: float = 10.0
     keep_versions: int = 3
@@ -227,14 +228,14 @@ def profile_step(
     source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings
 ) -> StepOutcome[ProfileArtifact]:
     """Infer the plan from the values, score the snapshot, dry-run the plan, and gate on confidence."""
-    from servicedesk_etl.profiling.infer import ProfileSettings, profile_database
+    from servicedesk_etl.profiling.infer import profile_database
     from servicedesk_etl.profiling.rules import evaluate_rules
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
     from servicedesk_etl.reports import write_profile_report
 
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = profile_database(source, ProfileSettings(day_first_default=settings.day_first_default))
+    plan = profile_database(source, profile_settings(settings))
     plan_path = plan.write(run_dir / "plan.json")
     score, rules, dry_run_result = concurrently(
         lambda: score_quality(sqlite_source(source), plan),
@@ -260,6 +261,14 @@ def profile_step(
         "rules_score": rules.score,
     }
     return StepOutcome(artifact, tuple(gates), metadata, elapsed_since(start))
+
+
+def profile_settings(settings: PipelineSettings) -> Any:
+    """The profiler's settings implied by the gates' (a typed reading needs `min_typed_confidence`)."""
+    from servicedesk_etl.profiling.infer import ProfileSettings
+
+    return ProfileSettings(day_first_default=settings.day_first_default,
+                           min_typed_confidence=settings.min_typed_confidence)
 
 
 def type_confidence_gate(plan: Plan, settings: PipelineSettings) -> GateResult:

@@ -196,8 +196,8 @@ def clean(
     """Execute the plan into a new SQLite file with _audit and _quarantine. Exit 1 when a gate fails."""
     import tempfile
 
-    from servicedesk_etl.pipeline import PipelineSettings, clean_step, read_plan
-    from servicedesk_etl.profiling.infer import ProfileSettings, profile_database
+    from servicedesk_etl.pipeline import PipelineSettings, clean_step, profile_settings, read_plan
+    from servicedesk_etl.profiling.infer import profile_database
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
 
     from servicedesk_etl.observability import HealthCheck, TableProgress, default_progress_sink
@@ -207,7 +207,7 @@ def clean(
     settings = PipelineSettings()
     with tempfile.TemporaryDirectory(prefix="servicedesk-clean-") as scratch:
         if plan is None:
-            plan_doc = profile_database(snapshot, ProfileSettings(day_first_default=settings.day_first_default))
+            plan_doc = profile_database(snapshot, profile_settings(settings))
             plan = plan_doc.write(Path(scratch) / "plan.json")
         else:
             plan_doc = read_plan(plan)

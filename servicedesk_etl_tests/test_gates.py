@@ -1,0 +1,50 @@
+"""Gate 1's blocking checks fire on real snapshots: low confidence stops a run, and so does a column
+that would be more than 20% unconvertible."""
+
+import sqlite3
+
+import pytest
+
+from servicedesk_etl.pipeline import PipelineSettings, profile_step
+
+
+def snapshot_with_created_times(path, good, bad):
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE tickets ("TKT-Ticket ID" INTEGER, "TKT-Created Time" TIMESTAMP)')
+    rows = [(i, f"2025-03-{1 + i % 28:02d} 08:{i % 60:02d}:00") for i in range(good)]
+    rows += [(good + i, f"garbage {i}") for i in range(bad)]
+    conn.executemany("INSERT INTO tickets VALUES (?, ?)", rows)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def gates_of(tmp_path, good, bad, **settings):
+    source = snapshot_with_created_times(tmp_path / "s.db", good, bad)
+    outcome = profile_step(source, tmp_path / "run", dsn=None, settings=PipelineSettings(run_dry_run=False, **settings))
+    return {gate.name: gate for gate in outcome.gates}
+
+
+def test_a_clean_column_passes_both_gates(tmp_path):
+    gates = gates_of(tmp_path, good=100, bad=0)
+    assert gates["type_confidence"].passed and gates["circuit_breaker"].passed
+
+
+def test_a_column_under_95_percent_fails_type_confidence_with_its_counterexamples(tmp_path):
+    gates = gates_of(tmp_path, good=90, bad=10)
+    confidence = gates["type_confidence"]
+    assert not confidence.passed and confidence.blocking
+    (failing,) = confidence.metadata["failing_columns"]
+    assert failing["column"] == "TKT-Created Time" and failing["target_type"] == "timestamp"
+    assert failing["confidence"] == pytest.approx(0.9)
+    assert any(value.startswith("garbage") for value in failing["counterexamples"])
+    assert gates["circuit_breaker"].passed
+
+
+def test_more_than_20_percent_unconvertible_trips_the_circuit_breaker(tmp_path):
+    gates = gates_of(tmp_path, good=70, bad=30, min_typed_confidence=0.6)
+    breaker = gates["circuit_breaker"]
+    assert not breaker.passed and breaker.blocking
+    (tripped,) = breaker.metadata["tripped_columns"]
+    assert tripped["unconvertible_share"] == pytest.approx(0.3)
+    assert "TKT-Created Time" in breaker.summary
