@@ -10,6 +10,7 @@ The cleaned file's `_audit` and `_quarantine` tables are not loaded: only the pl
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import sqlite3
@@ -41,6 +42,9 @@ VERSION_PREFIX = "servicedesk_v"
 CANARY_FUNCTION = "servicedesk_canary_bucket"
 CANARY_BUCKETS = 10_000
 NOT_LOADED_TABLES = ("_audit", "_quarantine")
+SAMPLE_CACHE_ENTRIES = 64
+_SAMPLE_CACHE: dict[tuple[Any, ...], list[int]] = {}
+_SAMPLE_LOCK = threading.Lock()
 
 # psycopg type names for `Copy.set_types`, per plan target type.
 COPY_TYPE = {
@@ -147,10 +151,69 @@ def sample_filter(
     total = conn.execute(f"SELECT count(*) FROM {quote_ident(table.name)}").fetchone()[0]
     if total < small_table_rows:
         return "", ()
-    register_canary_function(conn)
-    key = ", ".join(quote_ident(name) for name in table.key_columns or _row_identity(conn, table))
+    identity = table.key_columns or _row_identity(conn, table)
     threshold = round(sample_percent * CANARY_BUCKETS / 100)
+    rowid = _rowid_alias(conn, table)
+    if rowid is not None:
+        rowids = sampled_rowids(conn, table, rowid, identity, seed, threshold)
+        return f" WHERE {rowid} IN (SELECT value FROM json_each(?))", (json.dumps(rowids),)
+    register_canary_function(conn)
+    key = ", ".join(quote_ident(name) for name in identity)
     return f" WHERE {CANARY_FUNCTION}(?, {key}) < ?", (seed, threshold)
+
+
+def sampled_rowids(
+    conn: sqlite3.Connection, table: TablePlan, rowid: str, identity: Sequence[str], seed: int, threshold: int
+) -> list[int]:
+    """The rowids whose key bucket is below `threshold`, hashed once per file, table and sample.
+
+    A canary load and its reconciliation filter the same rows several times (count, copy,
+    aggregates, scans); computing the buckets once instead of in every query keeps the per-row
+    hashing to one pass. The cache key includes the file's identity, so a new file is hashed anew.
+    """
+    file = _database_file(conn)
+    cache_key = (*file, table.name, tuple(identity), seed, threshold) if file else None
+    with _SAMPLE_LOCK:
+        cached = _SAMPLE_CACHE.get(cache_key) if cache_key else None
+    if cached is not None:
+        return cached
+    key = ", ".join(quote_ident(name) for name in identity)
+    rows = conn.execute(f"SELECT {rowid}, {key} FROM {quote_ident(table.name)} ORDER BY {rowid}")
+    chosen = [row[0] for row in rows if canary_bucket(seed, *row[1:]) < threshold]
+    if cache_key:
+        with _SAMPLE_LOCK:
+            if len(_SAMPLE_CACHE) >= SAMPLE_CACHE_ENTRIES:
+                _SAMPLE_CACHE.pop(next(iter(_SAMPLE_CACHE)))
+            _SAMPLE_CACHE[cache_key] = chosen
+    return chosen
+
+
+def _database_file(conn: sqlite3.Connection) -> tuple[str, int, int, int, bytes] | None:
+    """(path, inode, size, mtime, header change counter) of the main database file; None in memory or WAL mode."""
+    path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not path or Path(f"{path}-wal").exists():
+        return None
+    try:
+        stat = Path(path).stat()
+        with open(path, "rb") as handle:
+            header = handle.read(28)
+    except OSError:
+        return None
+    return str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, header[24:28]
+
+
+def _rowid_alias(conn: sqlite3.Connection, table: TablePlan) -> str | None:
+    """A name reaching the rowid that no column shadows, or None for a WITHOUT ROWID table."""
+    taken = {name.lower() for (name,) in conn.execute("SELECT name FROM pragma_table_info(?)", (table.name,))}
+    for alias in ("_rowid_", "rowid", "oid"):
+        if alias in taken:
+            continue
+        try:
+            conn.execute(f"SELECT {alias} FROM {quote_ident(table.name)} LIMIT 0")
+        except sqlite3.OperationalError:
+            return None
+        return alias
+    return None
 
 
 def _row_identity(conn: sqlite3.Connection, table: TablePlan) -> tuple[str, ...]:

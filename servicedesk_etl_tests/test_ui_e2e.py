@@ -395,6 +395,7 @@ def test_gate_evidence_names_the_figures_behind_each_verdict(good_run: RunRecord
     assert confidence["lowest_confidence"] >= confidence["threshold"]
     score = good_run.checks[("profile_report", "quality_score")]["metadata"]
     assert set(score["dimensions"]) >= {"completeness", "validity", "consistency", "uniqueness", "integrity"}
+    assert sum(score["rules"].values()) > 0 and 0 <= score["rule_score"] <= 100
     reconciled = good_run.checks[("production_schema", "production_reconciled")]["metadata"]
     assert reconciled, "the reconciliation check carries no figures"
     queries = good_run.checks[("production_schema", "production_queries")]["metadata"]["queries"]
