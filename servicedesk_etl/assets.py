@@ -3,6 +3,7 @@
 
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ from servicedesk_etl.pipeline import (
     read_plan,
 )
 from servicedesk_etl.resources import GateSettings, PostgresTarget, SnapshotResource
-from servicedesk_etl.observability import LogProgressSink, TableProgress, configure_logging, register_secret_dsn
+from servicedesk_etl.observability import (
+    LogProgressSink,
+    TableProgress,
+    configure_logging,
+    log_context,
+    register_secret_dsn,
+)
 from servicedesk_etl.observability.health import HealthCheck
 from servicedesk_etl.observability.steps import record_step
 from servicedesk_etl.settings import pg_backups_dir, runs_dir, state_dir
@@ -40,12 +47,17 @@ def progress_logger(context: dg.AssetExecutionContext, step: str) -> TableProgre
     return TableProgress(step, lambda: LogProgressSink(context.log, every_seconds=2.0))
 
 
-def start_observing(context: dg.AssetExecutionContext, target: PostgresTarget | None = None) -> str | None:
-    """JSON log file for this run (passwords scrubbed); returns the target DSN when one is used."""
+@contextmanager
+def observed(context: dg.AssetExecutionContext, asset: str, target: PostgresTarget | None = None) -> Iterator[str | None]:
+    """The asset's step runs inside this: JSON log lines tagged with run and asset, DSN passwords scrubbed.
+
+    Yields the target DSN when the asset uses PostgreSQL.
+    """
     dsn = target.dsn() if target is not None else None
     register_secret_dsn(dsn)
     configure_logging(state_dir(), run_id=context.run.run_id, console=False)
-    return dsn
+    with log_context(asset=asset, run_id=context.run.run_id):
+        yield dsn
 
 
 def emit(context: dg.AssetExecutionContext, asset: str, outcome: StepOutcome[Any],
@@ -85,8 +97,8 @@ def column_schema_of(plan_path: Path) -> dict[str, Any]:
 def sqlite_backup(context: dg.AssetExecutionContext, snapshot: SnapshotResource, target: PostgresTarget,
                   gates: GateSettings) -> Iterator[Any]:
     """Preflight, then a timestamped copy of the snapshot made with SQLite's online backup API, with checksums."""
-    dsn = start_observing(context, target)
-    outcome = backup_step(snapshot.resolved_path(), run_dir(context), dsn=dsn, settings=gates.settings())
+    with observed(context, "sqlite_backup", target) as dsn:
+        outcome = backup_step(snapshot.resolved_path(), run_dir(context), dsn=dsn, settings=gates.settings())
     extra = {"dagster/row_count": outcome.metadata["rows"]} if outcome.artifact else None
     yield from emit(context, "sqlite_backup", outcome, extra)
 
@@ -95,8 +107,8 @@ def sqlite_backup(context: dg.AssetExecutionContext, snapshot: SnapshotResource,
 def profile_report(context: dg.AssetExecutionContext, sqlite_backup: BackupArtifact, target: PostgresTarget,
                    gates: GateSettings) -> Iterator[Any]:
     """Per column: the type inferred from the values, formats, nulls and markers; rules, score, dry run; the plan."""
-    dsn = start_observing(context, target)
-    outcome = profile_step(sqlite_backup.path, run_dir(context), dsn=dsn, settings=gates.settings())
+    with observed(context, "profile_report", target) as dsn:
+        outcome = profile_step(sqlite_backup.path, run_dir(context), dsn=dsn, settings=gates.settings())
     yield from emit(context, "profile_report", outcome, column_schema_of(outcome.artifact.plan_path))
 
 
@@ -104,21 +116,21 @@ def profile_report(context: dg.AssetExecutionContext, sqlite_backup: BackupArtif
 def cleaned_db(context: dg.AssetExecutionContext, sqlite_backup: BackupArtifact, profile_report: ProfileArtifact,
                gates: GateSettings) -> Iterator[Any]:
     """A new SQLite file with the plan executed, plus `_audit` and `_quarantine` tables."""
-    start_observing(context)
     settings = gates.settings()
     health = HealthCheck([run_dir(context)], settings.min_free_disk_bytes, settings.min_available_memory_bytes)
-    outcome = clean_step(
-        sqlite_backup.path,
-        profile_report.plan_path,
-        run_dir(context) / "cleaned.db",
-        score_before=profile_report.quality_score,
-        dimensions_before=profile_report.dimensions,
-        snapshot_sha256=sqlite_backup.source_sha256,
-        settings=settings,
-        progress=progress_logger(context, "cleaning"),
-        health_check=health,
-        force=True,
-    )
+    with observed(context, "cleaned_db"):
+        outcome = clean_step(
+            sqlite_backup.path,
+            profile_report.plan_path,
+            run_dir(context) / "cleaned.db",
+            score_before=profile_report.quality_score,
+            dimensions_before=profile_report.dimensions,
+            snapshot_sha256=sqlite_backup.source_sha256,
+            settings=settings,
+            progress=progress_logger(context, "cleaning"),
+            health_check=health,
+            force=True,
+        )
     extra = {"dagster/row_count": outcome.metadata["rows"]}
     yield from emit(context, "cleaned_db", outcome, extra)
 
@@ -127,9 +139,9 @@ def cleaned_db(context: dg.AssetExecutionContext, sqlite_backup: BackupArtifact,
 def canary_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact, target: PostgresTarget,
                   gates: GateSettings) -> Iterator[Any]:
     """A deterministic ~10% sample of every table loaded with the real DDL; dropped when its gates pass."""
-    dsn = start_observing(context, target)
-    outcome = canary_step(cleaned_db, dsn=dsn, run_id=context.run.run_id, settings=gates.settings(),
-                          progress=progress_logger(context, "canary load"))
+    with observed(context, "canary_schema", target) as dsn:
+        outcome = canary_step(cleaned_db, dsn=dsn, run_id=context.run.run_id, settings=gates.settings(),
+                              progress=progress_logger(context, "canary load"))
     yield from emit(context, "canary_schema", outcome, {"dagster/row_count": outcome.metadata["rows"]})
 
 
@@ -137,9 +149,9 @@ def canary_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact
 def production_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact, canary_schema: Any,
                       target: PostgresTarget, gates: GateSettings) -> Iterator[Any]:
     """The full load into a new version schema, then an atomic cutover to `servicedesk`."""
-    dsn = start_observing(context, target)
-    outcome = production_step(cleaned_db, dsn=dsn, settings=gates.settings(), backup_dir=pg_backups_dir(),
-                              progress=progress_logger(context, "production load"))
+    with observed(context, "production_schema", target) as dsn:
+        outcome = production_step(cleaned_db, dsn=dsn, settings=gates.settings(), backup_dir=pg_backups_dir(),
+                                  progress=progress_logger(context, "production load"))
     extra = {**column_schema_of(cleaned_db.plan_path), "dagster/row_count": outcome.metadata["rows"]}
     yield from emit(context, "production_schema", outcome, extra, fail_when_blocked=True)
 

@@ -184,7 +184,10 @@ def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: Pipel
                   "checks": [_plain(check) for check in verification.checks]},
     )
     artifact = BackupArtifact(source, backup.source_sha256, backup.path, backup.sha256, dict(verification.row_counts))
-    return StepOutcome(artifact, (preflight, verified), {"rows": sum(artifact.row_counts.values())}, elapsed_since(start))
+    metadata = {"rows": sum(artifact.row_counts.values()), "rows_per_table": artifact.row_counts,
+                "backup": str(backup.path), "sha256": backup.sha256, "source": str(source),
+                "source_sha256": backup.source_sha256}
+    return StepOutcome(artifact, (preflight, verified), metadata, elapsed_since(start))
 
 
 def _preflight_summary(report: Any) -> str:
@@ -389,6 +392,7 @@ def clean_step(
     )
     after = score_quality(sqlite_source(result.output), plan)
     unbalanced = [_plain(entry) for entry in result.reconciliation if not entry.balanced]
+    quarantined = quarantined_per_table(result.output)
     gates = (
         GateResult(
             "quality_gate",
@@ -428,6 +432,7 @@ def clean_step(
         "rows": sum(result.rows_out.values()),
         "rows_per_table": dict(result.rows_out),
         "quarantined_cells": result.quarantined_cells,
+        "quarantined_per_table": {table: quarantined.get(table, 0) for table in result.rows_out},
         "converted_cells": result.converted_cells,
         "nulled_cells": result.nulled_cells,
         "quality_score": after.score,
@@ -435,6 +440,21 @@ def clean_step(
         "path": str(result.output),
     }
     return StepOutcome(artifact, gates, metadata, elapsed_since(start))
+
+
+def quarantined_per_table(cleaned: Path) -> dict[str, int]:
+    """Cells the cleaner put in `_quarantine`, per table (whole duplicate rows not counted as cells)."""
+    from contextlib import closing
+
+    from servicedesk_etl.cleaning import QUARANTINE_TABLE
+    from servicedesk_etl.sqlite_source import open_readonly, quote_ident
+
+    with closing(open_readonly(cleaned)) as conn:
+        rows = conn.execute(
+            f"SELECT table_name, count(*) FROM {quote_ident(QUARANTINE_TABLE)} "
+            "WHERE column_name IS NOT NULL GROUP BY table_name"
+        ).fetchall()
+    return {table: count for table, count in rows}
 
 
 # --- steps 4 and 5: canary_schema, production_schema -----------------------------------------

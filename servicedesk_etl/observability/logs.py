@@ -95,15 +95,19 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # Inside a Dagster run, its managed loggers prefix the message and attach `dagster_meta`.
+        dagster_meta = getattr(record, "dagster_meta", None) or {}
         document = {
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "run_id": getattr(record, "run_id", None),
-            "asset": getattr(record, "asset", None),
+            "run_id": getattr(record, "run_id", None) or dagster_meta.get("run_id"),
+            "asset": getattr(record, "asset", None) or dagster_meta.get("step_key"),
             "gate": getattr(record, "gate", None),
-            "event": record.getMessage(),
-            "fields": {k: _jsonable(v) for k, v in record.__dict__.items() if k not in _RESERVED},
+            "event": dagster_meta.get("orig_message") or record.getMessage(),
+            "fields": {
+                k: _jsonable(v) for k, v in record.__dict__.items() if k not in _RESERVED and k != "dagster_meta"
+            },
         }
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

@@ -13,7 +13,8 @@ import dataclasses
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,7 @@ from servicedesk_etl.profiling.dates import (
     ORDER_AMBIGUOUS_SHAPE,
     date_shape,
 )
-from servicedesk_etl.profiling.identifiers import pg_names
+from servicedesk_etl.profiling.identifiers import NameMapping, pg_names
 from servicedesk_etl.profiling.numbers import BOOLEAN_FORMATS, NUMBER_FORMATS, read_boolean, read_number
 from servicedesk_etl.profiling.plan import ColumnPlan, ColumnProfile, Conversion, FormatEvidence, Plan, TablePlan
 from servicedesk_etl.profiling.values import ROWID, RowSample, read_rows
@@ -68,6 +69,7 @@ NUMERIC_DATE_FORMATS = tuple(NUMERIC_DATE_RANGES)
 TEXT_NUMBER_FORMATS = frozenset(NUMBER_FORMATS) - {"integer", "real"}
 INTEGER_FORMATS = ("integer", "real", "int_text", "decimal_text", "thousands_comma")
 SUCCESS = ("kept", "converted")
+PROFILE_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def profile_database(path: Path, settings: ProfileSettings = ProfileSettings()) 
     """The plan for the SQLite file at `path`, opened read-only."""
     conn = open_readonly(path)
     try:
-        return profile_connection(conn, str(path), file_sha256(path), settings)
+        return profile_connection(conn, str(path), file_sha256(path), settings, connect=lambda: open_readonly(path))
     finally:
         conn.close()
 
@@ -97,14 +99,24 @@ def profile_connection(
     source_path: str,
     source_sha256: str,
     settings: ProfileSettings = ProfileSettings(),
+    *,
+    connect: Callable[[], sqlite3.Connection] | None = None,
+    workers: int = PROFILE_WORKERS,
 ) -> Plan:
-    """The plan for every user table of an open (read-only) connection."""
+    """The plan for every user table of an open (read-only) connection.
+
+    With `connect` (a new read-only connection to the same file), tables are profiled
+    `workers` at a time, each on its own connection: SQLite and polars release the GIL.
+    """
     tables = list_tables(conn)
     table_names = pg_names(tables, columns=False)
     for mapping in table_names:
         if mapping.renamed:
             log.warning("table %s: %s", mapping.original, mapping.note)
-    plans = tuple(profile_table(conn, mapping.original, mapping.pg_name, settings) for mapping in table_names)
+    if connect is None or workers < 2 or len(table_names) < 2:
+        plans = tuple(profile_table(conn, mapping.original, mapping.pg_name, settings) for mapping in table_names)
+    else:
+        plans = _profile_tables_concurrently(conn, connect, table_names, settings, workers)
     return Plan(
         source_path=source_path,
         source_sha256=source_sha256,
@@ -112,6 +124,29 @@ def profile_connection(
         tables=plans,
         settings=_json_ready(dataclasses.asdict(settings)),
     )
+
+
+def _profile_tables_concurrently(
+    conn: sqlite3.Connection,
+    connect: Callable[[], sqlite3.Connection],
+    table_names: Sequence[NameMapping],
+    settings: ProfileSettings,
+    workers: int,
+) -> tuple[TablePlan, ...]:
+    """Largest tables first, so the workers finish together; the plans keep the tables' order."""
+    sizes = {mapping.original: row_count(conn, mapping.original) for mapping in table_names}
+
+    def profile_one(mapping: NameMapping) -> TablePlan:
+        own = connect()
+        try:
+            return profile_table(own, mapping.original, mapping.pg_name, settings)
+        finally:
+            own.close()
+
+    largest_first = sorted(table_names, key=lambda mapping: sizes[mapping.original], reverse=True)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="profile") as pool:
+        plans = dict(zip((m.original for m in largest_first), pool.map(profile_one, largest_first)))
+    return tuple(plans[mapping.original] for mapping in table_names)
 
 
 def _json_ready(settings: dict[str, object]) -> dict[str, object]:
