@@ -48,6 +48,8 @@ class PipelineSettings:
     min_free_disk_bytes: int = 256 * 2**20
     min_available_memory_bytes: int = 256 * 2**20
     run_dry_run: bool = True
+    rule_packs: tuple[str, ...] = ()
+    rule_mapping: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,7 @@ def profile_step(
     plan_path = plan.write(run_dir / "plan.json")
     score, rules, dry_run_result = concurrently(
         lambda: score_quality(sqlite_source(source), plan),
-        lambda: evaluate_rules(sqlite_source(source), plan),
+        lambda: evaluate_rules(sqlite_source(source), plan, rule_packs(settings), rule_mapping(settings)),
         lambda: dry_run_gate(source, plan, dsn) if settings.run_dry_run and dsn is not None else None,
     )
     gates = [type_confidence_gate(plan, settings), circuit_breaker_gate(plan, settings)]
@@ -272,6 +274,19 @@ def profile_settings(settings: PipelineSettings) -> Any:
 
     return ProfileSettings(day_first_default=settings.day_first_default,
                            min_typed_confidence=settings.min_typed_confidence)
+
+
+def rule_packs(settings: PipelineSettings) -> list[Path]:
+    """The shipped rule packs, with the user's added; a user pack named like a shipped one replaces it."""
+    from servicedesk_etl.profiling.rules import shipped_pack_paths
+
+    users = [Path(path).expanduser() for path in settings.rule_packs]
+    replaced = {path.name for path in users}
+    return [path for path in shipped_pack_paths() if path.name not in replaced] + users
+
+
+def rule_mapping(settings: PipelineSettings) -> Path | None:
+    return Path(settings.rule_mapping).expanduser() if settings.rule_mapping else None
 
 
 def type_confidence_gate(plan: Plan, settings: PipelineSettings) -> GateResult:

@@ -62,6 +62,10 @@ class GateSettings(dg.ConfigurableResource):
     min_free_disk_ratio: float = 2.0
     min_free_disk_bytes: int = 256 * 2**20
     min_available_memory_bytes: int = 256 * 2**20
+    rule_packs: list[str] = Field(default_factory=list, description="Extra rule pack files (TOML); one named like a shipped pack replaces it.")
+    rule_mapping: str | None = Field(default=None, description="A column-name mapping file for renamed exports.")
 
     def settings(self) -> PipelineSettings:
-        return dataclasses.replace(PipelineSettings(), **self.model_dump())
+        values = self.model_dump()
+        values["rule_packs"] = tuple(values["rule_packs"])
+        return dataclasses.replace(PipelineSettings(), **values)

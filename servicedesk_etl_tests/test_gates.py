@@ -48,3 +48,35 @@ def test_more_than_20_percent_unconvertible_trips_the_circuit_breaker(tmp_path):
     (tripped,) = breaker.metadata["tripped_columns"]
     assert tripped["unconvertible_share"] == pytest.approx(0.3)
     assert "TKT-Created Time" in breaker.summary
+
+
+USER_PACK = """
+[pack]
+name = "house-rules"
+description = "the team's own rule"
+
+[categories]
+completeness = 100
+
+[[rules]]
+id = "HOUSE-01"
+name = "every ticket has a created time"
+category = "completeness"
+check = "completeness"
+columns = ["tickets.TKT-Created Time"]
+min = 1.0
+"""
+
+
+def test_a_user_rule_that_fails_shows_on_the_quality_score_check(tmp_path):
+    pack = tmp_path / "house.toml"
+    pack.write_text(USER_PACK)
+    source = snapshot_with_created_times(tmp_path / "s.db", 90, 0)
+    conn = sqlite3.connect(source)
+    conn.execute("INSERT INTO tickets VALUES (999, NULL)")
+    conn.commit()
+    conn.close()
+    outcome = profile_step(source, tmp_path / "run", dsn=None,
+                           settings=PipelineSettings(run_dry_run=False, rule_packs=(str(pack),)))
+    (quality,) = [gate for gate in outcome.gates if gate.name == "quality_score"]
+    assert "HOUSE-01" in {rule["rule"] for rule in quality.metadata["failing_rules"]}

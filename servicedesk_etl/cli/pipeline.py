@@ -165,6 +165,8 @@ def profile(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the plan and report as JSON here.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the human report (Markdown) here.")] = None,
     target_dsn: DsnOption = None,
+    rules: Annotated[Optional[list[Path]], typer.Option("--rules", help="A rule pack (TOML) to add; one named like a shipped pack replaces it. Repeatable.")] = None,
+    mapping: Annotated[Optional[Path], typer.Option("--mapping", help="A column-name mapping file for renamed export columns.")] = None,
 ) -> None:
     """Profile a snapshot: inferred types, formats, rules, quality score, dry run. Exit 1 when a gate fails."""
     import shutil
@@ -175,7 +177,9 @@ def profile(
     snapshot = check_snapshot(source)
     dsn = resolve_dsn(target_dsn)
     with tempfile.TemporaryDirectory(prefix="servicedesk-profile-") as scratch:
-        outcome = profile_step(snapshot, Path(scratch), dsn=dsn, settings=PipelineSettings())
+        settings = PipelineSettings(rule_packs=tuple(str(path) for path in rules or ()),
+                                    rule_mapping=str(mapping) if mapping else None)
+        outcome = profile_step(snapshot, Path(scratch), dsn=dsn, settings=settings)
         if json_out:
             shutil.copyfile(outcome.metadata["report_json"], json_out)
         if report:
