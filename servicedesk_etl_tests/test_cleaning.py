@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -291,13 +291,26 @@ def test_existing_output_is_refused_without_force_and_replaced_with_it(tickets, 
     assert not Path(f"{output}-journal").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
+@contextmanager
+def unwritable_directory(path: Path):
+    """A directory nobody may write into: mode 0555, and for root (who ignores modes) the immutable flag."""
+    path.mkdir(mode=0o555)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o755)
+
+
 def test_directory_without_write_permission_is_refused(tickets, tmp_path):
     source, plan = tickets
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o555)
-    with pytest.raises(InputError, match="write permission"):
-        clean_snapshot(source, plan, locked / "cleaned.db")
+    with unwritable_directory(tmp_path / "locked") as locked:
+        with pytest.raises(InputError, match="write permission"):
+            clean_snapshot(source, plan, locked / "cleaned.db")
+        assert list(locked.iterdir()) == []
 
 
 def test_missing_output_directory_is_refused(tickets, tmp_path):
