@@ -23,6 +23,9 @@ DAGSTER_YAML = """\
 # See docs for keeping them in PostgreSQL (dagster-postgres) instead.
 telemetry:
   enabled: false
+# One run at a time: every migration ends by swapping the live `servicedesk` schema.
+run_queue:
+  max_concurrent_runs: 1
 python_logs:
   managed_python_loggers:
     - servicedesk_etl
