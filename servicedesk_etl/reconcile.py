@@ -313,13 +313,25 @@ def md5_sum(values: Iterable[str | bytes]) -> int:
 
 
 def _md5_sum_of_chunk(values: list[Any]) -> int:
-    """`md5_sum` of one chunk, hashing each distinct text once (weighted by its count)."""
+    """`md5_sum` of one chunk of stored bytes (text is fetched undecoded), hashing each distinct value once."""
     try:
-        counts = pl.Series(values, dtype=pl.String).value_counts()
-    except (TypeError, pl.exceptions.PolarsError):  # bytes among the values: a bytea column or a stray BLOB
+        counts = pl.Series(values, dtype=pl.Binary).value_counts()
+    except (TypeError, pl.exceptions.PolarsError):
         return md5_sum(values)
     distinct, weights = counts[:, 0].to_list(), counts[:, 1].to_list()
-    return sum(map(mul, md5_prefixes(map(str.encode, distinct)), weights))
+    return sum(map(mul, md5_prefixes(distinct), weights))
+
+
+def _text_series(values: list[Any]) -> pl.Series:
+    """Text fetched as bytes as a String series (the scan fetches text undecoded for hashing)."""
+    try:
+        return pl.Series(values, dtype=pl.Binary).cast(pl.String)
+    except (TypeError, pl.exceptions.PolarsError):
+        return pl.Series(_decoded(values), dtype=pl.String)
+
+
+def _decoded(values: list[Any]) -> list[Any]:
+    return [value.decode("utf-8") if isinstance(value, bytes) else value for value in values]
 
 
 def _exact_sum_of_chunk(kind: str, values: list[Any]) -> Decimal | int:
@@ -334,7 +346,7 @@ def _exact_sum_of_chunk(kind: str, values: list[Any]) -> Decimal | int:
         distinct, weights = counts[:, 0].to_list(), counts[:, 1].to_list()
         if None not in distinct:
             return sum(map(mul, map(Decimal, map(repr, distinct)), weights), Decimal(0))
-    return sum(map(Decimal, map(str, values)), Decimal(0))
+    return sum(map(Decimal, map(str, _decoded(values))), Decimal(0))
 
 
 def _scanned_aggregates(
@@ -344,11 +356,21 @@ def _scanned_aggregates(
     scanned = [c for c in columns if c.target_type in NUMBER_TYPES | HASHED_TYPES or c.target_type == "timestamptz"]
     if not scanned:
         return {}
+    select = ", ".join(quote_ident(c.name) for c in scanned)
+    # Text as the stored UTF-8 bytes: what the hash needs, and no decoding per value in Python.
+    previous_factory = source.text_factory
+    source.text_factory = bytes
+    try:
+        cursor = source.execute(f"SELECT {select} FROM {quote_ident(table.name)}{where}", params)
+        return _scan(cursor, scanned)
+    finally:
+        source.text_factory = previous_factory
+
+
+def _scan(cursor: sqlite3.Cursor, scanned: Sequence[ColumnPlan]) -> dict[tuple[str, str], Any]:
     sums: dict[str, Any] = {c.name: 0 if c.target_type in HASHED_TYPES else Decimal(0) for c in scanned}
     extremes: dict[str, list[Any]] = {c.name: [] for c in scanned if c.target_type == "timestamptz"}
     seen: dict[str, bool] = {c.name: False for c in scanned}
-    select = ", ".join(quote_ident(c.name) for c in scanned)
-    cursor = source.execute(f"SELECT {select} FROM {quote_ident(table.name)}{where}", params)
     with decimal.localcontext(EXACT):
         while chunk := cursor.fetchmany(FETCH_ROWS):
             for position, column in enumerate(scanned):
@@ -359,7 +381,7 @@ def _scanned_aggregates(
                 if column.target_type in HASHED_TYPES:
                     sums[column.name] += _md5_sum_of_chunk(values)
                 elif column.target_type == "timestamptz":
-                    instants = pl.Series(values, dtype=pl.String).str.to_datetime(
+                    instants = _text_series(values).str.to_datetime(
                         TIMESTAMPTZ_FORMAT, time_unit="us", time_zone="UTC"
                     )
                     extremes[column.name] += [instants.min(), instants.max()]

@@ -124,8 +124,10 @@ def convert_distinct(raw: pl.Series, column: ColumnPlan) -> ConvertedColumn:
     The same result as `convert_column(raw, column)` (every conversion depends on the value alone),
     cheaper when values repeat, as dates and statuses do.
     """
-    groups = pl.DataFrame({"v": raw}).with_row_index("row").group_by("v").agg(pl.col("row"))
-    converted = convert_column(groups["v"], column)
+    # The sign as a key too: -0.0 equals 0.0 as a value but converts to different text.
+    keys = raw.cast(RAW_DTYPE).struct.unnest().with_columns(negative=(1.0 / pl.col("r")) < 0)
+    groups = keys.with_row_index("row").group_by([*RAW_DTYPE.to_schema(), "negative"]).agg(pl.col("row"))
+    converted = convert_column(raw.gather(groups["row"].list.first()), column)
     positions = groups.select("row").with_row_index("distinct").explode("row").sort("row")["distinct"]
     return ConvertedColumn(
         values=converted.values.gather(positions),

@@ -193,9 +193,8 @@ def _read_numeric_date(format_id: str) -> tuple[pl.Expr, pl.Expr]:
 
 def format_timestamp(value: pl.Expr, with_zone: bool) -> pl.Expr:
     """`YYYY-MM-DD HH:MM:SS[.ffffff]`, plus `+00:00` for UTC values."""
-    whole = value.dt.strftime("%Y-%m-%d %H:%M:%S")
-    fractional = value.dt.strftime("%Y-%m-%d %H:%M:%S%.6f")
-    text = pl.when(value.dt.microsecond() == 0).then(whole).otherwise(fractional)
+    # One strftime: a value without microseconds is exactly the fractional form minus `.000000`.
+    text = value.dt.strftime("%Y-%m-%d %H:%M:%S%.6f").str.strip_suffix(".000000")
     return text + pl.lit("+00:00") if with_zone else text
 
 

@@ -10,13 +10,14 @@ reason says what was tried.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache, partial
 from pathlib import Path
 
 import polars as pl
@@ -36,7 +37,7 @@ from servicedesk_etl.profiling.dates import (
     ORDER_AMBIGUOUS_SHAPE,
     date_shape,
 )
-from servicedesk_etl.profiling.identifiers import NameMapping, pg_names
+from servicedesk_etl.profiling.identifiers import pg_names
 from servicedesk_etl.profiling.numbers import BOOLEAN_FORMATS, NUMBER_FORMATS, read_boolean, read_number
 from servicedesk_etl.profiling.plan import ColumnPlan, ColumnProfile, Conversion, FormatEvidence, Plan, TablePlan
 from servicedesk_etl.profiling.values import ROWID, RowSample, read_rows
@@ -69,7 +70,8 @@ NUMERIC_DATE_FORMATS = tuple(NUMERIC_DATE_RANGES)
 TEXT_NUMBER_FORMATS = frozenset(NUMBER_FORMATS) - {"integer", "real"}
 INTEGER_FORMATS = ("integer", "real", "int_text", "decimal_text", "thousands_comma")
 SUCCESS = ("kept", "converted")
-PROFILE_WORKERS = 2
+# Cells read at once while profiling a table (about 60 bytes each as raw values): bounds memory.
+CELLS_PER_READ = 6_000_000
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def profile_database(path: Path, settings: ProfileSettings = ProfileSettings()) 
     """The plan for the SQLite file at `path`, opened read-only."""
     conn = open_readonly(path)
     try:
-        return profile_connection(conn, str(path), file_sha256(path), settings, connect=lambda: open_readonly(path))
+        return profile_connection(conn, str(path), file_sha256(path), settings)
     finally:
         conn.close()
 
@@ -99,24 +101,14 @@ def profile_connection(
     source_path: str,
     source_sha256: str,
     settings: ProfileSettings = ProfileSettings(),
-    *,
-    connect: Callable[[], sqlite3.Connection] | None = None,
-    workers: int = PROFILE_WORKERS,
 ) -> Plan:
-    """The plan for every user table of an open (read-only) connection.
-
-    With `connect` (a new read-only connection to the same file), tables are profiled
-    `workers` at a time, each on its own connection: SQLite and polars release the GIL.
-    """
+    """The plan for every user table of an open (read-only) connection."""
     tables = list_tables(conn)
     table_names = pg_names(tables, columns=False)
     for mapping in table_names:
         if mapping.renamed:
             log.warning("table %s: %s", mapping.original, mapping.note)
-    if connect is None or workers < 2 or len(table_names) < 2:
-        plans = tuple(profile_table(conn, mapping.original, mapping.pg_name, settings) for mapping in table_names)
-    else:
-        plans = _profile_tables_concurrently(conn, connect, table_names, settings, workers)
+    plans = tuple(profile_table(conn, mapping.original, mapping.pg_name, settings) for mapping in table_names)
     return Plan(
         source_path=source_path,
         source_sha256=source_sha256,
@@ -124,29 +116,6 @@ def profile_connection(
         tables=plans,
         settings=_json_ready(dataclasses.asdict(settings)),
     )
-
-
-def _profile_tables_concurrently(
-    conn: sqlite3.Connection,
-    connect: Callable[[], sqlite3.Connection],
-    table_names: Sequence[NameMapping],
-    settings: ProfileSettings,
-    workers: int,
-) -> tuple[TablePlan, ...]:
-    """Largest tables first, so the workers finish together; the plans keep the tables' order."""
-    sizes = {mapping.original: row_count(conn, mapping.original) for mapping in table_names}
-
-    def profile_one(mapping: NameMapping) -> TablePlan:
-        own = connect()
-        try:
-            return profile_table(own, mapping.original, mapping.pg_name, settings)
-        finally:
-            own.close()
-
-    largest_first = sorted(table_names, key=lambda mapping: sizes[mapping.original], reverse=True)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="profile") as pool:
-        plans = dict(zip((m.original for m in largest_first), pool.map(profile_one, largest_first)))
-    return tuple(plans[mapping.original] for mapping in table_names)
 
 
 def _json_ready(settings: dict[str, object]) -> dict[str, object]:
@@ -159,14 +128,18 @@ def profile_table(conn: sqlite3.Connection, table: str, pg_name: str, settings: 
     total = row_count(conn, table)
     sampled = total > settings.sample_above_rows
     sample = RowSample(settings.sample_rows / total, settings.seed) if sampled else None
-    frame = read_rows(conn, table, [column.name for column in columns], sample)
     full_counts = _full_table_counts(conn, table, columns, settings.null_markers) if sampled else {}
     if sampled:
-        log.info("table %s: %d rows, profiling a seeded sample of %d", table, total, frame.height)
-    names = pg_names([column.name for column in columns])
+        log.info("table %s: %d rows, profiling a seeded sample of about %d", table, total, settings.sample_rows)
+    names = dict(zip(columns, pg_names([column.name for column in columns])))
+    rows = min(total, settings.sample_rows) if sampled else total
+    whole = None if sampled or rows * len(columns) > CELLS_PER_READ else read_rows(conn, table, [c.name for c in columns])
+    raws = ((c, whole[c.name]) for c in columns) if whole is not None else _raw_columns(conn, table, columns, sample, rows)
     plans = []
-    for column, mapping in zip(columns, names):
-        plan = plan_column(column, frame[column.name], mapping.pg_name, settings)
+    for column, raw in raws:
+        mapping = names[column]
+        plan = plan_column(column, raw, mapping.pg_name, settings)
+        del raw
         if sampled:
             plan = _with_full_table_counts(plan, total, full_counts[column.name])
             plan = dataclasses.replace(plan, unique=plan.unique and _unique_in_table(conn, table, column.name))
@@ -174,7 +147,13 @@ def profile_table(conn: sqlite3.Connection, table: str, pg_name: str, settings: 
             log.warning("column %s.%s: %s", table, column.name, mapping.note)
             plan = dataclasses.replace(plan, reason=f"{plan.reason}; {mapping.note}")
         plans.append(plan)
-    key_columns, key_note = _key_columns(columns, plans, None if sampled else frame)
+    repeated_rows: RepeatedRows | None = None
+    if whole is not None:
+        repeated_rows = partial(_repeated_in_frame, whole)
+    elif not sampled:
+        few = {plan.name for plan in plans if (plan.profile.rows - plan.profile.distinct_values) * 2 <= plan.profile.rows}
+        repeated_rows = partial(_repeated_in_table, conn, table, cache(partial(_repeated_rowids, conn, table)), few)
+    key_columns, key_note = _key_columns(columns, plans, repeated_rows)
     if key_note:
         plans = [
             dataclasses.replace(plan, reason=f"{plan.reason}; {key_note}") if plan.name in key_columns else plan
@@ -188,6 +167,63 @@ def profile_table(conn: sqlite3.Connection, table: str, pg_name: str, settings: 
         key_columns=key_columns,
         sampled=sampled,
     )
+
+
+def _raw_columns(
+    conn: sqlite3.Connection, table: str, columns: Sequence[SourceColumn], sample: RowSample | None, rows: int
+) -> Iterator[tuple[SourceColumn, pl.Series]]:
+    """Each column's raw values, read a few columns at a time so memory stays flat for wide, long tables."""
+    width = max(1, CELLS_PER_READ // max(rows, 1))
+    for start in range(0, len(columns), width):
+        group = columns[start : start + width]
+        frame = read_rows(conn, table, [column.name for column in group], sample)
+        for column in group:
+            yield column, frame[column.name]
+        del frame
+
+
+RepeatedRows = Callable[[str, Sequence[str]], pl.DataFrame]
+
+
+def _repeated_in_frame(frame: pl.DataFrame, key: str, others: Sequence[str]) -> pl.DataFrame:
+    """Columns `key` and `others` of the rows whose `key` value repeats, from a table in memory."""
+    return frame.filter(frame[key].is_duplicated()).select(key, *others)
+
+
+def _repeated_rowids(conn: sqlite3.Connection, table: str, key: str) -> pl.Series:
+    keys = read_rows(conn, table, [key])
+    return keys.filter(keys[key].is_duplicated())[ROWID]
+
+
+def _repeated_in_table(
+    conn: sqlite3.Connection,
+    table: str,
+    repeated_rowids: Callable[[str], pl.Series],
+    few_repeats: Collection[str],
+    key: str,
+    others: Sequence[str],
+) -> pl.DataFrame:
+    """Columns `key` and `others` of the rows whose `key` value repeats, read from SQLite (rowid order).
+
+    When the profile saw few repeats of `key`, SQLite looks those rows up by rowid; otherwise a
+    plain scan of the columns is cheaper.
+    """
+    if key not in few_repeats:
+        frame = read_rows(conn, table, [key, *others])
+        return frame.filter(frame[key].is_duplicated()).drop(ROWID)
+    rowids = repeated_rowids(key)
+    frame = read_rows(conn, table, [key, *others], _RowidSet(1.0, rowids=json.dumps(rowids.to_list())))
+    return frame.filter(pl.col(ROWID).is_in(rowids.implode())).drop(ROWID)
+
+
+@dataclass(frozen=True)
+class _RowidSet(RowSample):
+    """The rows whose rowid is in a JSON list, expressed as the row filter `read_rows` applies."""
+
+    rowids: str = "[]"
+
+    def predicate(self, rowid_sql: str) -> tuple[str, tuple[str]]:  # type: ignore[override]
+        return f"{rowid_sql} IN (SELECT value FROM json_each(?))", (self.rowids,)
 
 
 # --- one column --------------------------------------------------------------------------------
@@ -602,13 +638,16 @@ def _unique(values: pl.DataFrame, converted: ConvertedColumn) -> bool:
 
 
 def _key_columns(
-    columns: Sequence[SourceColumn], plans: Sequence[ColumnPlan], frame: pl.DataFrame | None
+    columns: Sequence[SourceColumn],
+    plans: Sequence[ColumnPlan],
+    repeated_rows: RepeatedRows | None,
 ) -> tuple[tuple[str, ...], str]:
     """One column that identifies rows: the declared single primary key, else the first id-like one.
 
     A column repeated only by whole duplicate rows still qualifies (the duplicates are removed
-    downstream); the note says so. `frame` is None for sampled tables, where only strict
-    uniqueness counts.
+    downstream); the note says so. `repeated_rows(name, others)` gives columns `name` and `others`
+    of the rows whose `name` repeats; it is None for sampled tables, where only strict uniqueness
+    counts.
     """
     rows = {plan.name: plan for plan in plans}
 
@@ -619,12 +658,12 @@ def _key_columns(
 
     def duplicate_rows_only(name: str) -> int | None:
         """How many rows repeat another row entirely, if those are the only repeats of `name`."""
-        if frame is None:
+        if repeated_rows is None:
             return None
-        repeated = frame.filter(frame[name].is_duplicated()).drop(ROWID)
+        repeated = repeated_rows(name, ())
         keys = repeated[name].n_unique()
-        for other in repeated.columns:
-            if other != name and repeated.select(name, other).n_unique() != keys:
+        for other in (column.name for column in columns if column.name != name):
+            if repeated_rows(name, (other,)).n_unique() != keys:
                 return None
         return repeated.height - keys
 

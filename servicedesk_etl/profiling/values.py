@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -29,6 +29,7 @@ _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 _HASH_PRIME = 1_000_000_007
 _HASH_MULTIPLIER = 2_654_435_761
 _SEED_MULTIPLIER = 1_540_483_477
+FETCH_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,14 @@ def _read_plain(
     the mixed ones are re-read split by storage class.
     """
     query = _select(table, [quote_ident(name) for name in names], rowid_sql, where)
-    rows = _fetch(conn, query, params, text_as_bytes=True)
-    columns = list(zip(*rows)) if rows else [()] * (len(names) + 1)
-    rowids = _rowids(columns[0], len(rows))
-    series = {name: _homogeneous(name, values) for name, values in zip(names, columns[1:])}
-    del rows, columns
+    rowid_parts: list[pl.Series] = []
+    parts: dict[str, list[pl.Series | None]] = {name: [] for name in names}
+    for columns in _fetch_columns(conn, query, params, text_as_bytes=True):
+        rowid_parts.append(_rowids(columns[0], sum(map(len, rowid_parts))))
+        for name, values in zip(names, columns[1:]):
+            parts[name].append(_homogeneous(name, values))
+    rowids = _concat(rowid_parts, pl.Series(ROWID, [], dtype=pl.Int64))
+    series = {name: _joined(name, parts.pop(name)) for name in names}
     byte_columns = [name for name, values in series.items() if values is not None and values.dtype == pl.Binary]
     reals = [name for name, values in series.items() if values is not None and values.dtype == pl.Float64]
     blobs, mixed = _storage_probe(conn, table, byte_columns, reals, where, params)
@@ -166,9 +170,8 @@ def _read_plain(
     for name, values in series.items():
         if name in mixed or values is None:
             continue
-        raw[name] = _text_from_bytes(name, values) if name in byte_columns and name not in blobs else _as_raw(
-            name, values
-        )
+        is_text = name in byte_columns and name not in blobs
+        raw[name] = _text_from_bytes(table, name, values) if is_text else _as_raw(name, values)
     if mixed:
         split = _read_split(conn, table, [name for name in names if name in mixed], rowid_sql, where, params,
                             text_as_bytes=True)
@@ -176,14 +179,36 @@ def _read_plain(
     return pl.DataFrame([rowids, *[raw[name] for name in names]])
 
 
-def _fetch(conn: sqlite3.Connection, query: str, params: tuple[int, ...], text_as_bytes: bool) -> list[tuple]:
+def _fetch_columns(
+    conn: sqlite3.Connection, query: str, params: tuple[int, ...], text_as_bytes: bool
+) -> Iterator[list[tuple[object, ...]]]:
+    """The query's rows, FETCH_ROWS at a time, each batch as columns: memory stays flat in the table size."""
     previous_factory = conn.text_factory
     if text_as_bytes:
         conn.text_factory = bytes
     try:
-        return conn.execute(query, params).fetchall()
+        cursor = conn.execute(query, params)
+        while rows := cursor.fetchmany(FETCH_ROWS):
+            yield list(zip(*rows))
     finally:
         conn.text_factory = previous_factory
+
+
+def _joined(name: str, parts: list[pl.Series | None]) -> pl.Series | None:
+    """The batches of one column as one series, or None when they do not share one storage type."""
+    if any(part is None for part in parts):
+        return None
+    dtypes = {part.dtype for part in parts if part is not None and part.dtype != pl.Null}
+    if len(dtypes) > 1:
+        return None
+    dtype = dtypes.pop() if dtypes else pl.Null
+    return _concat([part.cast(dtype) for part in parts if part is not None], pl.Series(name, [], dtype=dtype))
+
+
+def _concat(parts: list[pl.Series], empty: pl.Series) -> pl.Series:
+    if not parts:
+        return empty
+    return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
 
 
 def _storage_probe(
@@ -225,9 +250,11 @@ def _storage_probe(
     return blobs, mixed
 
 
-def _text_from_bytes(name: str, values: pl.Series) -> pl.Series:
+def _text_from_bytes(table: str, name: str, values: pl.Series) -> pl.Series:
     """A raw Struct series from text fetched as bytes: valid UTF-8 in `s`, any other bytes kept in `b`."""
     text, invalid = _decode_text(values)
+    if invalid.null_count() < invalid.len():
+        log.info("table %s column %s holds text that is not valid UTF-8; keeping its bytes", table, name)
     frame = pl.DataFrame({"s": text, "b": invalid})
     storage = pl.when(pl.col("s").is_null() & pl.col("b").is_null()).then(pl.lit("null")).otherwise(pl.lit("text"))
     return frame.select(
@@ -241,9 +268,10 @@ def _text_from_bytes(name: str, values: pl.Series) -> pl.Series:
     ).to_series()
 
 
-def _rowids(values: Sequence[object], count: int) -> pl.Series:
-    if count and values[0] is None:
-        return pl.Series(ROWID, range(1, count + 1), dtype=pl.Int64)
+def _rowids(values: Sequence[object], before: int) -> pl.Series:
+    """A batch's rowids; for a WITHOUT ROWID table, row positions continuing after `before` rows."""
+    if values and values[0] is None:
+        return pl.Series(ROWID, range(before + 1, before + len(values) + 1), dtype=pl.Int64)
     return pl.Series(ROWID, values, dtype=pl.Int64)
 
 
@@ -279,19 +307,17 @@ def _read_split(
             f"CASE WHEN typeof({quoted}) = '{storage}' THEN {quoted} END" for storage in VALUE_FIELDS
         ]
     query = _select(table, expressions, rowid_sql, where)
-    previous_factory = conn.text_factory
-    if text_as_bytes:
-        conn.text_factory = bytes
-    try:
-        rows = conn.execute(query, params).fetchall()
-    finally:
-        conn.text_factory = previous_factory
-    columns = list(zip(*rows)) if rows else [()] * (4 * len(names) + 1)
-    result = {ROWID: _rowids(columns[0], len(rows))}
-    for position, name in enumerate(names):
-        i, r, s, b = columns[1 + 4 * position : 5 + 4 * position]
-        result[name] = _split_struct(name, i, r, s, b, text_as_bytes)
-    return pl.DataFrame(list(result.values()))
+    parts: dict[str, list[pl.Series]] = {name: [] for name in (ROWID, *names)}
+    for columns in _fetch_columns(conn, query, params, text_as_bytes):
+        parts[ROWID].append(_rowids(columns[0], sum(map(len, parts[ROWID]))))
+        for position, name in enumerate(names):
+            i, r, s, b = columns[1 + 4 * position : 5 + 4 * position]
+            parts[name].append(_split_struct(name, i, r, s, b, text_as_bytes))
+    if not parts[ROWID]:
+        empty = [()] * 4
+        return pl.DataFrame([pl.Series(ROWID, [], dtype=pl.Int64),
+                             *[_split_struct(name, *empty, text_as_bytes) for name in names]])
+    return pl.DataFrame([_concat(parts[name], pl.Series(name, [])) for name in (ROWID, *names)])
 
 
 def _split_struct(
