@@ -65,7 +65,8 @@ def main() -> int:
 
     from servicedesk_etl.embedded_pg import embedded_dsn
     from servicedesk_etl.loading import load_schema
-    from servicedesk_etl.pipeline import PipelineSettings, clean_step, drop_schema, profile_step
+    from servicedesk_etl.pg import drop_schema
+    from servicedesk_etl.pipeline import PipelineSettings, clean_step, profile_step
     from servicedesk_etl.profiling.plan import Plan
 
     with tempfile.TemporaryDirectory(prefix="servicedesk-bench-") as scratch:

@@ -23,7 +23,8 @@ import psycopg
 from psycopg import sql
 
 from servicedesk_etl.errors import InputError, TargetUnreachable
-from servicedesk_etl.loading import CANARY_PREFIX, DRYRUN_PREFIX, connect_target, version_schema_name
+from servicedesk_etl.loading import CANARY_PREFIX, DRYRUN_PREFIX, version_schema_name
+from servicedesk_etl.pg import connect
 from servicedesk_etl.settings import LIVE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def _upsert(conn: psycopg.Connection, version: str, status: str, sha256: str | N
 def mark_loading(dsn: str, schema: str) -> None:
     """Record `schema` as being loaded, so an interrupted run's schema is found by `drop_leftovers`."""
     _check_version_name(schema)
-    with connect_target(dsn) as conn:
+    with connect(dsn) as conn:
         ensure_meta(conn)
         _upsert(conn, schema, "loading", None, {})
 
@@ -129,7 +130,7 @@ def mark_loading(dsn: str, schema: str) -> None:
 def register_version(dsn: str, schema: str, *, source_sha256: str, row_counts: dict[str, int]) -> None:
     """Record a loaded version schema as `ready` to promote, with its source checksum and row counts."""
     _check_version_name(schema)
-    with connect_target(dsn) as conn:
+    with connect(dsn) as conn:
         ensure_meta(conn)
         if not _schema_exists(conn, schema):
             raise InputError(f"schema {schema!r} does not exist; load it before registering it")
@@ -256,7 +257,7 @@ def _in_cutover_transaction(
     """Run `swap(conn)` in one transaction with a lock timeout, retrying when a lock is not granted."""
     for attempt in range(1, retries + 2):
         try:
-            with connect_target(dsn) as conn, conn.transaction():
+            with connect(dsn) as conn, conn.transaction():
                 _set_lock_timeout(conn, lock_timeout_ms)
                 ensure_meta(conn)
                 return swap(conn), attempt
@@ -275,7 +276,7 @@ def _in_cutover_transaction(
 
 def _prune(dsn: str, *, keep: int, lock_timeout_ms: int) -> tuple[str, ...]:
     """Drop versions that were once live beyond the newest `keep`, oldest first (never the live one)."""
-    with connect_target(dsn) as conn:
+    with connect(dsn) as conn:
         rows = conn.execute(
             sql.SQL(
                 "SELECT schema_name, is_live FROM {} WHERE promoted_at IS NOT NULL ORDER BY promoted_at DESC"
@@ -287,7 +288,7 @@ def _prune(dsn: str, *, keep: int, lock_timeout_ms: int) -> tuple[str, ...]:
 
 def _drop_version(dsn: str, version: str, lock_timeout_ms: int) -> bool:
     try:
-        with connect_target(dsn) as conn, conn.transaction():
+        with connect(dsn) as conn, conn.transaction():
             _set_lock_timeout(conn, lock_timeout_ms)
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (CUTOVER_LOCK_KEY,))
             status = _status_of(conn, version)
@@ -304,7 +305,7 @@ def _drop_version(dsn: str, version: str, lock_timeout_ms: int) -> bool:
 
 def list_versions(dsn: str) -> list[VersionInfo]:
     """Every recorded version, newest load first, with row counts, checksum, live flag, existence."""
-    with connect_target(dsn) as conn:
+    with connect(dsn) as conn:
         if not _schema_exists(conn, META_SCHEMA):
             return []
         rows = conn.execute(
@@ -341,7 +342,7 @@ def drop_leftovers(dsn: str, *, keep_unpromoted: int = 1, lock_timeout_ms: int =
     live schema or a version that has been live. Call it when no other run is loading: a canary
     or version in progress elsewhere would be dropped too.
     """
-    with connect_target(dsn) as conn, conn.transaction():
+    with connect(dsn) as conn, conn.transaction():
         _set_lock_timeout(conn, lock_timeout_ms)
         ensure_meta(conn)
         candidates = conn.execute(

@@ -96,7 +96,8 @@ def where_it_failed(error: psycopg.Error) -> str:
 def dry_run(source: Path, plan: Plan, dsn: str, *, spread_rows: int = 200) -> DryRunReport:
     """Clean, load and query a sample of `source` under `plan` in a throwaway schema, then drop it."""
     from servicedesk_etl.cleaning import clean_snapshot
-    from servicedesk_etl.loading import drop_schema, load_schema
+    from servicedesk_etl.loading import load_schema
+    from servicedesk_etl.pg import drop_schema
     from servicedesk_etl.query_templates import FAILED, NOT_APPLICABLE, OK, run_query_templates
 
     schema = f"servicedesk_dryrun_{uuid.uuid4().hex[:10]}"

@@ -29,8 +29,9 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from servicedesk_etl.dsn import redact_dsn, scrub
-from servicedesk_etl.errors import InputError, TargetUnreachable
+from servicedesk_etl.dsn import scrub
+from servicedesk_etl.errors import InputError
+from servicedesk_etl.pg import connect, drop_schema
 from servicedesk_etl.profiling.plan import TARGET_TYPES, ColumnPlan, Plan, TablePlan
 from servicedesk_etl.sqlite_source import list_tables, open_readonly, quote_ident
 
@@ -91,17 +92,6 @@ class LoadResult:
 
 class _LoadAborted(Exception):
     """Another table failed; this one stops at the next chunk."""
-
-
-def connect_target(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
-    """A connection to the target, or TargetUnreachable with the DSN redacted."""
-    try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
-    except psycopg.OperationalError as error:
-        message = scrub(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {error}".strip(), dsn)
-        raise TargetUnreachable(" ".join(message.split())) from None
-    except psycopg.ProgrammingError as error:
-        raise InputError(" ".join(scrub(f"the PostgreSQL DSN is not valid: {error}", dsn).split())) from None
 
 
 def canary_schema_name(run_id: str) -> str:
@@ -386,18 +376,17 @@ def load_schema(
         )
     except BaseException:
         abort.set()
-        drop_schema(dsn, schema)
+        _drop_after_failure(dsn, schema)
         raise
     result = LoadResult(schema=schema, tables=tables, seconds=time.perf_counter() - started)
     log.info("loaded %d rows into schema %s in %.2f s", result.rows, schema, result.seconds)
     return result
 
 
-def drop_schema(dsn: str, schema: str) -> None:
-    """DROP SCHEMA ... CASCADE, logging instead of raising (it runs while another error propagates)."""
+def _drop_after_failure(dsn: str, schema: str) -> None:
+    """Drop the half-built schema, logging instead of raising (it runs while another error propagates)."""
     try:
-        with connect_target(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        drop_schema(dsn, schema)
         log.warning("dropped schema %s after a failed load", schema)
     except Exception as error:
         log.error("could not drop schema %s after a failed load: %s", schema, scrub(str(error), dsn))
@@ -415,7 +404,7 @@ def _check_source_tables(cleaned: Path, plan: Plan) -> None:
 
 
 def _create_schema(dsn: str, schema: str) -> None:
-    with connect_target(dsn) as conn:
+    with connect(dsn) as conn:
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
         if exists:
             raise InputError(f"schema {schema!r} already exists; a load always goes into a new schema")
@@ -474,7 +463,7 @@ def _load_table(
         total = source.execute(f"SELECT count(*) FROM {quote_ident(table.name)}").fetchone()[0]
         if where:  # an estimate: counting the sample exactly would cost a second hashing pass
             total = round(total * (sample_percent or 100) / 100)
-        with connect_target(dsn) as conn:
+        with connect(dsn) as conn:
             conn.execute(create_table_sql(schema, table))
             for statement in comment_statements(schema, table):
                 conn.execute(statement)

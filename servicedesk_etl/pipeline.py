@@ -14,12 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import psycopg
-from psycopg import sql
-
-from servicedesk_etl.dsn import scrub
-from servicedesk_etl.errors import TargetUnreachable
 from servicedesk_etl.gates import GateResult
+from servicedesk_etl.pg import drop_schema, schema_exists
 from servicedesk_etl.profiling.plan import Plan
 from servicedesk_etl.settings import LIVE_SCHEMA
 
@@ -95,25 +91,6 @@ class SchemaArtifact:
     rows: dict[str, int]
     live: bool
     previous_live: str | None = None
-
-
-def live_schema_exists(dsn: str) -> bool:
-    with connect(dsn) as conn:
-        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (LIVE_SCHEMA,)).fetchone() is not None
-
-
-def drop_schema(dsn: str, schema: str) -> None:
-    with connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-
-
-def connect(dsn: str, **kwargs: Any) -> psycopg.Connection:
-    """A connection, or TargetUnreachable with the password scrubbed from PostgreSQL's message."""
-    try:
-        return psycopg.connect(dsn, connect_timeout=10, **kwargs)
-    except psycopg.OperationalError as error:
-        message = scrub(str(error).strip().splitlines()[0] if str(error).strip() else repr(error), dsn)
-        raise TargetUnreachable(f"PostgreSQL is unreachable: {message}") from None
 
 
 def elapsed_since(start: float) -> float:
@@ -579,7 +556,7 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
     if any(gate.stops_the_run for gate in gates):
         metadata["live"] = False
         return StepOutcome(SchemaArtifact(schema, rows, live=False), tuple(gates), metadata, elapsed_since(start))
-    if live_schema_exists(dsn):
+    if schema_exists(dsn, LIVE_SCHEMA):
         dump = pg_dump_schema(dsn, LIVE_SCHEMA, backup_dir)
         metadata.update({"live_schema_backup": str(dump.path), "live_schema_backup_sha256": dump.sha256})
     cutover = promote(dsn, schema, keep=settings.keep_versions)

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from servicedesk_etl.dsn import scrub
-from servicedesk_etl.loading import connect_target
+from servicedesk_etl.pg import connect
 from servicedesk_etl.settings import LIVE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def run_query_templates(
 ) -> tuple[QueryRun, ...]:
     """Run every template against `schema`; a failure is recorded (with PostgreSQL's message), not raised."""
     templates = load_templates() if templates is None else templates
-    with connect_target(dsn) as conn:
+    with connect(dsn) as conn:
         present = _tables_in(conn, schema)
         runs = tuple(_run_one(conn, schema, template, present, statement_timeout_ms, dsn) for template in templates)
     failed = [run.name for run in runs if not run.ok]

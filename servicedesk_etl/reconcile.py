@@ -40,9 +40,9 @@ from servicedesk_etl.loading import (
     DATE_FORMAT,
     TIMESTAMP_FORMAT,
     TIMESTAMPTZ_FORMAT,
-    connect_target,
     sample_filter,
 )
+from servicedesk_etl.pg import connect
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
 from servicedesk_etl.sqlite_source import open_readonly, quote_ident
 
@@ -160,7 +160,7 @@ def reconcile_schema(
 
     For a canary pass the `sample_percent`, `seed` and `small_table_rows` the load used.
     """
-    with connect_target(dsn) as target:
+    with connect(dsn) as target:
         pg_types = {table.name: _pg_column_types(target, schema, table.pg_name) for table in plan.tables}
     layouts = {
         table.name: (table, tuple(c for c in table.columns if c.pg_name in pg_types[table.name]))
@@ -438,7 +438,7 @@ def _target_aggregates(
 def _all_target_aggregates(
     dsn: str, schema: str, layouts: dict[str, tuple[TablePlan, tuple[ColumnPlan, ...]]]
 ) -> dict[str, dict[tuple[str, str], Any]]:
-    with connect_target(dsn) as target:
+    with connect(dsn) as target:
         target.execute("SET extra_float_digits = 1")
         return {
             name: _target_aggregates(target, schema, table, columns) for name, (table, columns) in layouts.items()

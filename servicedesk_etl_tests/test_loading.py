@@ -311,6 +311,8 @@ def test_canary_sample_is_about_ten_percent_and_deterministic(tmp_path, fresh_da
     first = load_schema(cleaned, plan, fresh_database, "c1", sample_percent=10, seed=7)
     again = load_schema(cleaned, plan, fresh_database, "c2", sample_percent=10, seed=7)
     other = load_schema(cleaned, plan, fresh_database, "c3", sample_percent=10, seed=8)
+    assert again.row_counts() == first.row_counts()
+    assert other.row_counts()["tickets"] == 120
     counts = {t.table: t.rows for t in first.tables}
     assert counts["tickets"] == 120  # under small_table_rows: copied whole
     assert 200 <= counts["comments"] <= 400

@@ -12,11 +12,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from servicedesk_etl.runner import RunSummary
-
 from servicedesk_etl.cli.app import app, console
 from servicedesk_etl.dsn import redact_dsn
 from servicedesk_etl.gates import GateResult
+from servicedesk_etl.runner import RunSummary
 from servicedesk_etl.settings import configured_dsn, pg_backups_dir, state_dir
 
 SourceOption = Annotated[Path, typer.Option("--source", help="The SQLite snapshot (opened read-only).")]
@@ -30,7 +29,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document 
 def resolve_dsn(given: str | None) -> str:
     """The DSN to use, checked for reachability (TargetUnreachable -> exit 2)."""
     from servicedesk_etl.embedded_pg import embedded_dsn
-    from servicedesk_etl.pipeline import connect
+    from servicedesk_etl.pg import connect
 
     dsn = given or configured_dsn() or embedded_dsn(state_dir())
     start_logging(dsn)
@@ -200,11 +199,10 @@ def clean(
     """Execute the plan into a new SQLite file with _audit and _quarantine. Exit 1 when a gate fails."""
     import tempfile
 
+    from servicedesk_etl.observability import HealthCheck, TableProgress, default_progress_sink
     from servicedesk_etl.pipeline import PipelineSettings, clean_step, profile_settings, read_plan
     from servicedesk_etl.profiling.infer import profile_database
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
-
-    from servicedesk_etl.observability import HealthCheck, TableProgress, default_progress_sink
 
     snapshot = check_snapshot(source)
     start_logging()
