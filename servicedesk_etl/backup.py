@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from servicedesk_etl import pg
 from servicedesk_etl.dsn import redact_dsn, scrub
 from servicedesk_etl.errors import InputError, TargetUnreachable
 from servicedesk_etl.preflight import PgTool, find_pg_tool
@@ -404,11 +405,7 @@ def _server_major(dsn: str) -> int:
 
 @contextmanager
 def _connect(dsn: str, *, autocommit: bool = True) -> Iterator[psycopg.Connection]:
-    try:
-        conn = psycopg.connect(dsn, connect_timeout=10, autocommit=autocommit)
-    except psycopg.Error as error:
-        raise TargetUnreachable(f"cannot connect to {redact_dsn(dsn)}: {scrub(str(error).strip(), dsn)}") from error
-    with conn:
+    with pg.connect(dsn, autocommit=autocommit) as conn:
         yield conn
 
 
@@ -453,17 +450,12 @@ def _dump_args(schema: str, output: Path) -> list[str]:
     return ["--format=custom", "--strict-names", "--schema", schema_pattern(schema), "--file", str(output)]
 
 
-def _schema_exists(dsn: str, schema: str) -> bool:
-    with _connect(dsn) as conn:
-        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
-
-
 def pg_dump_schema(
     dsn: str, schema: str, output_dir: Path, *, pg_dump: str | None = None, now: datetime | None = None
 ) -> PgDump:
     """A custom-format dump of `schema` in `output_dir`, mode 0600, with a checksum and fingerprint sidecar."""
     output_dir = Path(output_dir)
-    if not _schema_exists(dsn, schema):
+    if not pg.schema_exists(dsn, schema):
         raise InputError(f"schema {schema!r} does not exist in {redact_dsn(dsn)}")
     tool = _tool("pg_dump", dsn, pg_dump)
     created_at = (now or datetime.now(UTC)).astimezone(UTC)
@@ -518,7 +510,7 @@ def restore_pg_dump(dump: Path, schema: str, dsn: str, *, pg_restore: str | None
     dump = Path(dump)
     recorded = verify_pg_dump(dump)
     original = str(recorded["schema"])
-    if _schema_exists(dsn, schema):
+    if pg.schema_exists(dsn, schema):
         raise InputError(f"schema {schema!r} already exists; choose another name or drop it first")
     tool = _tool("pg_restore", dsn, pg_restore)
     restore_args = ["--no-owner", "--exit-on-error", "--single-transaction"]
