@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -49,15 +50,24 @@ def dsn_for_database(dsn: str, dbname: str) -> str:
     return make_conninfo(**params)
 
 
+@contextmanager
+def scratch_database(pg_dsn: str, prefix: str = "test") -> Iterator[str]:
+    """DSN of a new, empty database on the test server, dropped on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield dsn_for_database(pg_dsn, name)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def fresh_database(pg_dsn: str) -> Iterator[str]:
     """DSN of a new, empty database dropped after the test: isolation for tests that change schemas."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield dsn_for_database(pg_dsn, name)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture

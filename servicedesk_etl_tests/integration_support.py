@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,22 +16,8 @@ import psycopg
 from psycopg import sql
 
 from servicedesk_etl.runner import RunSummary, run_migration
-from servicedesk_etl_tests.conftest import dsn_for_database
 
 TIMESTAMP_TEXT = "%Y-%m-%d %H:%M:%S"
-
-
-@contextmanager
-def scratch_database(pg_dsn: str) -> Iterator[str]:
-    """A new empty database for a module-scoped fixture (`fresh_database` is per test)."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield dsn_for_database(pg_dsn, name)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextmanager

@@ -30,12 +30,12 @@ from servicedesk_etl.pipeline import (
     profile_step,
 )
 from servicedesk_etl.preflight import run_preflight
+from servicedesk_etl_tests.conftest import scratch_database
 from servicedesk_etl_tests.integration_support import (
     file_digest,
     migrate,
     schema_fingerprint,
     schemas,
-    scratch_database,
 )
 
 pytestmark = pytest.mark.postgres

@@ -7,19 +7,17 @@ as they would be in production (Dagster's bookkeeping is not the `servicedesk` t
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from servicedesk_etl.checks import GATES
 
-from .conftest import REPO_ROOT, dsn_for_database
+from .conftest import REPO_ROOT, scratch_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -43,12 +41,8 @@ def postgres_url(dsn: str) -> str:
 @pytest.fixture
 def target_database(pg_dsn: str) -> Iterator[str]:
     """The migration target: a second new database beside the instance's."""
-    name = f"test_target_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield dsn_for_database(pg_dsn, name)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_dsn, "test_target") as dsn:
+        yield dsn
 
 
 @pytest.fixture

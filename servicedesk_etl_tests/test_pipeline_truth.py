@@ -22,12 +22,12 @@ from servicedesk_etl.profiling.plan import Plan, TablePlan
 from servicedesk_etl.query_templates import OK, load_templates, run_query_templates
 from servicedesk_etl.runner import ASSET_ORDER, RunSummary
 from servicedesk_etl.sqlite_source import quote_ident
+from servicedesk_etl_tests.conftest import scratch_database
 from servicedesk_etl_tests.integration_support import (
     Mismatch,
     file_digest,
     migrate,
     same_value,
-    scratch_database,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

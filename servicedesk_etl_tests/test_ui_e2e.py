@@ -18,7 +18,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from servicedesk_etl.checks import GATES, NON_BLOCKING
 from servicedesk_etl.jobs import MIGRATION_JOB
 from servicedesk_etl.settings import LIVE_SCHEMA
 
-from .conftest import REPO_ROOT, dsn_for_database
+from .conftest import REPO_ROOT, scratch_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -264,12 +263,8 @@ def live_row_counts(dsn: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def target_dsn(pg_dsn: str) -> Iterator[str]:
     """A new, empty database for the module's webserver (the module-scoped twin of `fresh_database`)."""
-    name = f"test_ui_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield dsn_for_database(pg_dsn, name)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_dsn, "test_ui") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,9 @@ def column_plan(path: Path, column: str, settings: ProfileSettings = ProfileSett
 
 @pytest.fixture(scope="module")
 def corpus_plans(tmp_path_factory) -> dict[str, Plan]:
-    from servicedesk_etl_tests.conftest import CORPUS_DIR
     import shutil
+
+    from servicedesk_etl_tests.conftest import CORPUS_DIR
 
     folder = tmp_path_factory.mktemp("corpus")
     plans = {}
