@@ -48,6 +48,8 @@ SQLITE_SIDECARS = ("", "-journal", "-wal", "-shm")
 ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 EXAMPLES_PER_OPERATION = 3
 READ_CHUNK_ROWS = 150_000
+# Cells converted at once (each with its value, outcome, operation and reason): bounds memory for wide tables.
+READ_CHUNK_CELLS = 3_000_000
 MIN_ROWID = -(2**63)
 MAX_ROWID = 2**63 - 1
 DISTINCT_SHARE_DENOMINATOR = 2
@@ -427,7 +429,8 @@ def _clean_table(
     tally = _AuditTally()
     fingerprints = []
     written = quarantined = nulled = converted_cells = 0
-    for rows in _row_ranges(src, table.name, rowid_sql, rows_in):
+    chunk_rows = max(1, min(READ_CHUNK_ROWS, READ_CHUNK_CELLS // max(1, len(names))))
+    for rows in _row_ranges(src, table.name, rowid_sql, rows_in, chunk_rows):
         raw = read_rows(src, table.name, names, rows)
         _require_in_range(raw, rows, table.name)
         conversions = [_convert(raw, column) for column in table.columns]
@@ -476,16 +479,18 @@ def _has_rowid(src: sqlite3.Connection, table: str, rowid_sql: str) -> bool:
     return True
 
 
-def _row_ranges(src: sqlite3.Connection, table: str, rowid_sql: str, rows: int) -> list[_RowidRange | None]:
-    """Consecutive rowid ranges of at most READ_CHUNK_ROWS rows; one whole read for small or WITHOUT ROWID tables."""
-    if rows <= READ_CHUNK_ROWS or not _has_rowid(src, table, rowid_sql):
+def _row_ranges(
+    src: sqlite3.Connection, table: str, rowid_sql: str, rows: int, chunk_rows: int
+) -> list[_RowidRange | None]:
+    """Consecutive rowid ranges of at most `chunk_rows` rows; one whole read for small or WITHOUT ROWID tables."""
+    if rows <= chunk_rows or not _has_rowid(src, table, rowid_sql):
         return [None]
     starts = [
         start
         for (start,) in src.execute(
             f"SELECT r FROM (SELECT {rowid_sql} AS r, row_number() OVER (ORDER BY {rowid_sql}) AS n"
             f" FROM {quote_ident(table)}) WHERE (n - 1) % ? = 0 AND n > 1",
-            (READ_CHUNK_ROWS,),
+            (chunk_rows,),
         )
     ]
     firsts = [MIN_ROWID, *starts]

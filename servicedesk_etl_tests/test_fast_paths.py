@@ -7,6 +7,7 @@ anew when the file changes.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import pytest
 
 from servicedesk_etl import loading
 from servicedesk_etl.loading import canary_bucket, sample_filter
+from servicedesk_etl.profiling import infer, values
 from servicedesk_etl.profiling.convert import convert_column, convert_distinct
-from servicedesk_etl.profiling.plan import ColumnPlan, Conversion, TablePlan
-from servicedesk_etl.profiling import values
+from servicedesk_etl.profiling.infer import profile_database
+from servicedesk_etl.profiling.plan import ColumnPlan, Conversion, Plan, TablePlan
 from servicedesk_etl.profiling.values import ROWID, RowSample, raw_from_python, read_rows
 from servicedesk_etl.sqlite_source import open_readonly, quote_ident
 
@@ -182,3 +184,30 @@ def test_reading_in_batches_gives_the_frame_of_one_batch(mixed_file, tmp_path, m
         assert batched.to_dicts() == whole[name].to_dicts()
     assert whole["w"][ROWID].to_list() == [1, 2, 3, 4, 5]
     assert whole["w"]["v"].struct.field("storage").to_list() == ["null", "null", "integer", "real", "text"]
+
+
+def comparable(plan: Plan) -> list[tuple]:
+    """A plan's decisions and evidence, without the run time and the (arbitrary) format examples."""
+    return [
+        (table.name, table.key_columns, column.name, column.target_type, column.conversion, column.reason,
+         column.unique, dataclasses.replace(column.profile, formats=()))
+        for table in plan.tables
+        for column in table.columns
+    ]
+
+
+def test_profiling_a_few_columns_at_a_time_gives_the_plan_of_the_whole_table(tmp_path, monkeypatch):
+    path = tmp_path / "keys.db"
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE t ("Row ID" INTEGER, "Crm ID" INTEGER, created TEXT, hours REAL, note TEXT)')
+    rows = [(n, n % 7, f"2025-05-{n % 28 + 1:02d} 08:00:00", n / 4, f"note {n % 5}") for n in range(400)]
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", rows + rows[:3])  # three exact duplicate rows
+    conn.execute("CREATE TABLE u (id INTEGER, v TEXT)")
+    conn.executemany("INSERT INTO u VALUES (?, ?)", [(n % 50, f"v{n}") for n in range(300)])
+    conn.commit()
+    conn.close()
+    whole = profile_database(path)
+    monkeypatch.setattr(infer, "CELLS_PER_READ", 500)
+    by_columns = profile_database(path)
+    assert comparable(by_columns) == comparable(whole)
+    assert whole.table("t").key_columns == ("Row ID",) and whole.table("u").key_columns == ()

@@ -660,10 +660,12 @@ def _key_columns(
         """How many rows repeat another row entirely, if those are the only repeats of `name`."""
         if repeated_rows is None:
             return None
-        repeated = repeated_rows(name, ())
+        others = [column.name for column in columns if column.name != name]
+        repeated = repeated_rows(name, others[:1])
         keys = repeated[name].n_unique()
-        for other in (column.name for column in columns if column.name != name):
-            if repeated_rows(name, (other,)).n_unique() != keys:
+        for position, other in enumerate(others):
+            pair = repeated if position == 0 else repeated_rows(name, (other,))
+            if pair.select(name, other).n_unique() != keys:
                 return None
         return repeated.height - keys
 
