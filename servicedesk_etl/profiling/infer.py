@@ -247,7 +247,7 @@ class _Candidate:
 
 def plan_column(source: SourceColumn, raw: pl.Series, pg_name: str, settings: ProfileSettings) -> ColumnPlan:
     """The plan for one column from its raw values (every row, or a sample of rows)."""
-    distinct = pl.DataFrame({"v": raw}).group_by("v").len().rename({"len": "n"})
+    distinct = pl.DataFrame({"v": raw}).group_by("v", maintain_order=True).len().rename({"len": "n"})
     values = distinct["v"].struct.unnest().with_columns(
         n=distinct["n"].cast(pl.Int64), t=pl.col("s").str.strip_chars()
     )
@@ -581,7 +581,7 @@ def _profile(values: pl.DataFrame, converted: ConvertedColumn, settings: Profile
     ).row(0, named=True)
     evidence = (
         frame.filter(succeeded)
-        .group_by("operation")
+        .group_by("operation", maintain_order=True)
         .agg(n.sum(), pl.struct("storage", "i", "r", "s", "b").first().alias("example"))
         .sort(["n", "operation"], descending=[True, False])
     )

@@ -51,3 +51,11 @@ def test_slash_dates_are_counted_and_their_order_is_proven_by_evidence(profiled,
     assert planned.conversion.day_first_assumed is False
     slash_rows = sum(f.count for f in planned.profile.formats if "/" in f.example)
     assert slash_rows == truth["counts"][defect]
+
+
+def test_profiling_the_same_snapshot_twice_gives_the_same_plan(profiled):
+    plan, _ = profiled
+    again = profile_database(plan.source_path)
+    first, second = plan.to_dict(), again.to_dict()
+    first.pop("created_at"), second.pop("created_at")
+    assert first == second
