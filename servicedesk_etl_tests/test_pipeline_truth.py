@@ -168,6 +168,7 @@ def test_every_dashboard_query_template_runs_on_the_live_schema(migrated: Migrat
     runs = run_query_templates(migrated.dsn, LIVE)
     assert [run.name for run in runs] == [template.name for template in templates]
     assert [(run.name, run.status, run.error) for run in runs if run.status != OK] == []
+    assert [run.name for run in runs if run.rows == 0] == [], "on demo data every dashboard query returns rows"
     production = next(asset for asset in migrated.summary.assets if asset.name == "production_schema")
     queries = next(check for check in production.checks if check.name == "production_queries")
     assert queries.passed and queries.summary.startswith(f"{len(templates)} dashboard queries ran")
