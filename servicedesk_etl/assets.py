@@ -11,6 +11,15 @@ import dagster as dg
 
 from servicedesk_etl.checks import check_result, check_specs, dagster_metadata
 from servicedesk_etl.gates import first_blocking_failure
+from servicedesk_etl.observability import (
+    LogProgressSink,
+    TableProgress,
+    configure_logging,
+    log_context,
+    register_secret_dsn,
+)
+from servicedesk_etl.observability.health import HealthCheck
+from servicedesk_etl.observability.steps import record_step
 from servicedesk_etl.pipeline import (
     BackupArtifact,
     CleanedArtifact,
@@ -24,15 +33,6 @@ from servicedesk_etl.pipeline import (
     read_plan,
 )
 from servicedesk_etl.resources import GateSettings, PostgresTarget, SnapshotResource
-from servicedesk_etl.observability import (
-    LogProgressSink,
-    TableProgress,
-    configure_logging,
-    log_context,
-    register_secret_dsn,
-)
-from servicedesk_etl.observability.health import HealthCheck
-from servicedesk_etl.observability.steps import record_step
 from servicedesk_etl.settings import pg_backups_dir, runs_dir, state_dir
 
 GROUP = "servicedesk"
@@ -108,7 +108,8 @@ def profile_report(context: dg.AssetExecutionContext, sqlite_backup: BackupArtif
                    gates: GateSettings) -> Iterator[Any]:
     """Per column: the type inferred from the values, formats, nulls and markers; rules, score, dry run; the plan."""
     with observed(context, "profile_report", target) as dsn:
-        outcome = profile_step(sqlite_backup.path, run_dir(context), dsn=dsn, settings=gates.settings())
+        outcome = profile_step(sqlite_backup.path, run_dir(context), dsn=dsn, settings=gates.settings(),
+                               progress=progress_logger(context, "profiling"))
     yield from emit(context, "profile_report", outcome, column_schema_of(outcome.artifact.plan_path))
 
 

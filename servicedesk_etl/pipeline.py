@@ -207,7 +207,7 @@ def _plain(value: Any) -> Any:
 
 
 def profile_step(
-    source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings
+    source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings, progress: Progress | None = None
 ) -> StepOutcome[ProfileArtifact]:
     """Infer the plan from the values, score the snapshot, dry-run the plan, and gate on confidence."""
     from servicedesk_etl.profiling.infer import profile_database
@@ -217,7 +217,7 @@ def profile_step(
 
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = profile_database(source, profile_settings(settings))
+    plan = profile_database(source, profile_settings(settings), progress)
     plan_path = plan.write(run_dir / "plan.json")
     score, rules, dry_run_result = concurrently(
         lambda: score_quality(sqlite_source(source), plan),

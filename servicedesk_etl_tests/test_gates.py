@@ -80,3 +80,12 @@ def test_a_user_rule_that_fails_shows_on_the_quality_score_check(tmp_path):
                            settings=PipelineSettings(run_dry_run=False, rule_packs=(str(pack),)))
     (quality,) = [gate for gate in outcome.gates if gate.name == "quality_score"]
     assert "HOUSE-01" in {rule["rule"] for rule in quality.metadata["failing_rules"]}
+
+
+def test_profiling_reports_progress_per_table(tmp_path):
+    from servicedesk_etl.profiling.infer import profile_database
+
+    source = snapshot_with_created_times(tmp_path / "s.db", 40, 2)
+    seen = []
+    profile_database(source, progress=lambda table, done, total: seen.append((table, done, total)))
+    assert seen == [("tickets", 42, 42)]

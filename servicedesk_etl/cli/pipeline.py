@@ -171,6 +171,7 @@ def profile(
     import shutil
     import tempfile
 
+    from servicedesk_etl.observability import TableProgress, default_progress_sink
     from servicedesk_etl.pipeline import PipelineSettings, profile_step
 
     snapshot = check_snapshot(source)
@@ -178,7 +179,8 @@ def profile(
     with tempfile.TemporaryDirectory(prefix="servicedesk-profile-") as scratch:
         settings = PipelineSettings(rule_packs=tuple(str(path) for path in rules or ()),
                                     rule_mapping=str(mapping) if mapping else None)
-        outcome = profile_step(snapshot, Path(scratch), dsn=dsn, settings=settings)
+        progress = TableProgress("profiling", lambda: default_progress_sink(logging.getLogger("servicedesk_etl"), console))
+        outcome = profile_step(snapshot, Path(scratch), dsn=dsn, settings=settings, progress=progress)
         if json_out:
             shutil.copyfile(outcome.metadata["report_json"], json_out)
         if report:

@@ -87,11 +87,15 @@ class ProfileSettings:
     invalid_utf8: str = "cp1252"
 
 
-def profile_database(path: Path, settings: ProfileSettings = ProfileSettings()) -> Plan:
-    """The plan for the SQLite file at `path`, opened read-only."""
+def profile_database(path: Path, settings: ProfileSettings = ProfileSettings(),
+                     progress: Callable[[str, int, int], None] | None = None) -> Plan:
+    """The plan for the SQLite file at `path`, opened read-only.
+
+    `progress(table, rows_done, rows_total)` is called as each table is finished.
+    """
     conn = open_readonly(path)
     try:
-        return profile_connection(conn, str(path), file_sha256(path), settings)
+        return profile_connection(conn, str(path), file_sha256(path), settings, progress)
     finally:
         conn.close()
 
@@ -101,6 +105,7 @@ def profile_connection(
     source_path: str,
     source_sha256: str,
     settings: ProfileSettings = ProfileSettings(),
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Plan:
     """The plan for every user table of an open (read-only) connection."""
     tables = list_tables(conn)
@@ -108,12 +113,16 @@ def profile_connection(
     for mapping in table_names:
         if mapping.renamed:
             log.warning("table %s: %s", mapping.original, mapping.note)
-    plans = tuple(profile_table(conn, mapping.original, mapping.pg_name, settings) for mapping in table_names)
+    plans = []
+    for mapping in table_names:
+        plans.append(profile_table(conn, mapping.original, mapping.pg_name, settings))
+        if progress is not None:
+            progress(mapping.original, plans[-1].row_count, plans[-1].row_count)
     return Plan(
         source_path=source_path,
         source_sha256=source_sha256,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        tables=plans,
+        tables=tuple(plans),
         settings=_json_ready(dataclasses.asdict(settings)),
     )
 
