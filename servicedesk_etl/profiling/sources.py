@@ -9,12 +9,15 @@ storage class (`typeof`), in PostgreSQL by the column's real type.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import psycopg
 from psycopg import sql
@@ -240,8 +243,15 @@ class _SqliteExpr:
     def numeric(self) -> str:
         return f"({self.q} < '' OR {self.numeric_text()})"
 
-    def number(self) -> str:
-        return f"(CASE WHEN {self.q} < '' THEN {self.q} WHEN {self.numeric_text()} THEN CAST({self.q} AS REAL) END)"
+    def number_test(self, test: Callable[[str], tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+        """`test` of the value as a number, the text tests run once per cell: stored numbers as
+        they are, numeric text (`numeric_text`) cast to REAL; anything else fails."""
+        stored, stored_params = test(self.q)
+        text, text_params = test(f"CAST({self.q} AS REAL)")
+        return (
+            f"(CASE WHEN {self.q} < '' THEN ({stored}) WHEN {self.numeric_text()} THEN ({text}) ELSE 0 END)",
+            stored_params + text_params,
+        )
 
     def date_parseable(self) -> str:
         q = self.q
@@ -297,6 +307,11 @@ def _range_condition(
     return " AND ".join(parts) or "1", params
 
 
+def _integer_in_range(number: str, low: Any, high: Any) -> tuple[str, list[Any]]:
+    condition, params = _range_condition(number, low, high, True, True)
+    return f"{number} = CAST({number} AS INTEGER) AND {condition}", params
+
+
 class SqliteSource:
     """A SQLite file asked set-based questions; values judged by their storage class."""
 
@@ -307,6 +322,7 @@ class SqliteSource:
         self.path = path
         self.label = f"sqlite:{path}"
         self._conn: sqlite3.Connection | None = None
+        self._shared: _SharedCounts | None = None
 
     @contextmanager
     def connected(self) -> Iterator[sqlite3.Connection]:
@@ -315,13 +331,15 @@ class SqliteSource:
             yield self._conn
             return
         self._conn = open_readonly(self.path)
-        if self.path.stat().st_size <= _IN_MEMORY_SORT_MAX_BYTES:
-            self._conn.execute("PRAGMA temp_store = MEMORY")
         try:
+            self._shared = _shared_counts(self.path)
+            if self.path.stat().st_size <= _IN_MEMORY_SORT_MAX_BYTES:
+                self._conn.execute("PRAGMA temp_store = MEMORY")
             yield self._conn
         finally:
             self._conn.close()
             self._conn = None
+            self._shared = None
 
     def tables(self) -> tuple[str, ...]:
         with self.connected() as conn:
@@ -336,11 +354,23 @@ class SqliteSource:
     ) -> dict[Measure, int]:
         """All `measures` of `table` in one scan. Measures often asked together of one column
         (missing + conforming, NUL bytes + non-UTF-8 candidates) share one packed sum, so each
-        cell's class is computed once."""
+        cell's class is computed once. Counts are shared by every source over the same unchanged
+        file (the scorer and the rule engine): a measure already counted is not scanned again."""
         wanted = _ordered_unique(measures)
         if not wanted:
             return {}
         markers = _markers(null_markers)
+        with self.connected():
+            shared = self._shared
+            assert shared is not None
+            with shared.lock(("measure", table, markers)):
+                known = shared.known(("measure", table, markers))
+                todo = [measure for measure in wanted if measure not in known]
+                if todo:
+                    known.update(self._measure_uncached(table, todo, markers))
+                return {measure: known[measure] for measure in wanted}
+
+    def _measure_uncached(self, table: str, wanted: list[Measure], markers: tuple[str, ...]) -> dict[Measure, int]:
         with self.connected() as conn:
             rows = conn.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0]
             width = max(rows.bit_length(), 1)
@@ -403,14 +433,11 @@ class SqliteSource:
         if kind == NUMERIC:
             return column.numeric(), []
         if kind == INTEGER_IN_RANGE:
-            number = column.number()
-            condition, params = _range_condition(number, args[0], args[1], True, True)
-            return f"{column.numeric()} AND {number} = CAST({number} AS INTEGER) AND {condition}", params
+            return column.number_test(lambda number: _integer_in_range(number, args[0], args[1]))
         if kind == VALUE_IN_RANGE:
-            condition, params = _range_condition(column.number(), *args)
-            return f"{column.numeric()} AND {condition}", params
+            return column.number_test(lambda number: _range_condition(number, *args))
         if kind == VALUE_EQUALS:
-            return f"{column.numeric()} AND {column.number()} = ?", [args[0]]
+            return column.number_test(lambda number: (f"{number} = ?", [args[0]]))
         if kind == DATE_PARSEABLE:
             return column.date_parseable(), []
         if kind == DATE_IN_RANGE:
@@ -451,6 +478,11 @@ class SqliteSource:
         return sum(count for raw, count in rows if not _is_utf8(raw))
 
     def duplicate_rows(self, table: str) -> int:
+        with self.connected():
+            assert self._shared is not None
+            return self._shared.answer(("duplicates", table), lambda: self._duplicate_rows_uncached(table))
+
+    def _duplicate_rows_uncached(self, table: str) -> int:
         q = quote_ident(table)
         with self.connected() as conn:
             total, distinct = conn.execute(
@@ -460,6 +492,11 @@ class SqliteSource:
 
     def orphans(self, link: Link, null_markers: Sequence[str] = DEFAULT_NULL_MARKERS) -> OrphanCount:
         markers = _markers(null_markers)
+        with self.connected():
+            assert self._shared is not None
+            return self._shared.answer(("orphans", link, markers), lambda: self._orphans_uncached(link, markers))
+
+    def _orphans_uncached(self, link: Link, markers: tuple[str, ...]) -> OrphanCount:
         child = _SqliteExpr(link.child_column, markers)
         parent = _SqliteExpr(link.parent_column, markers)
         present, params = child.present()
@@ -481,6 +518,75 @@ class SqliteSource:
                 params,
             ).fetchall()
         return OrphanCount(int(checked), int(orphans or 0), tuple(str(k) for (k,) in examples))
+
+
+# --- counts shared between sources over one unchanged SQLite file -------------------------------
+
+_SHARED_FILES_KEPT = 4
+_HEADER_BYTES = 100
+T = TypeVar("T")
+
+
+@dataclass
+class _SharedCounts:
+    """Everything counted over one version of one SQLite file, by every source that reads it.
+    A lock per question makes a second asker wait for the first answer instead of scanning too."""
+
+    _answers: dict[Hashable, Any] = field(default_factory=dict)
+    _locks: dict[Hashable, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, key: Hashable) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def known(self, key: Hashable) -> dict[Measure, int]:
+        """The measures counted so far under `key`; read and extend it only while holding `lock(key)`."""
+        with self._guard:
+            return self._answers.setdefault(key, {})
+
+    def answer(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()`'s value, computed once per key: a second asker waits for the first answer."""
+        with self.lock(key):
+            with self._guard:
+                if key in self._answers:
+                    return self._answers[key]
+            value = compute()
+            with self._guard:
+                self._answers[key] = value
+            return value
+
+
+_shared_registry: OrderedDict[tuple[Any, ...], _SharedCounts] = OrderedDict()
+_shared_registry_guard = threading.Lock()
+
+
+def _file_version(path: Path) -> tuple[Any, ...]:
+    """What identifies one version of a SQLite file: its own state and that of a write-ahead log beside it."""
+    return (os.path.realpath(path), _file_state(path), _file_state(Path(f"{path}-wal")))
+
+
+def _file_state(path: Path) -> tuple[Any, ...] | None:
+    """Inode, size, modification time and header (SQLite's change counter and schema cookie; a
+    log's salts) of a file, or None when there is none."""
+    try:
+        stat = path.stat()
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, header)
+
+
+def _shared_counts(path: Path) -> _SharedCounts:
+    """The counts of this version of the file, shared by the sources reading it (the last few kept)."""
+    version = _file_version(path)
+    with _shared_registry_guard:
+        shared = _shared_registry.pop(version, None) or _SharedCounts()
+        _shared_registry[version] = shared
+        while len(_shared_registry) > _SHARED_FILES_KEPT:
+            _shared_registry.popitem(last=False)
+        return shared
 
 
 def _sqlite_key_value(value: Any) -> Any:
