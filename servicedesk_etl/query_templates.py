@@ -70,7 +70,7 @@ def _parse_one(block: str) -> QueryTemplate:
     header: dict[str, str] = {}
     lines = block.splitlines()
     position = 0
-    for position, line in enumerate(lines):
+    for position, line in enumerate(lines):  # noqa: B007 (the header ends at `position`)
         match = _HEADER.match(line)
         if not match:
             break

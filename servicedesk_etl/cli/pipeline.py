@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,7 +20,7 @@ from servicedesk_etl.settings import configured_dsn, pg_backups_dir, state_dir
 
 SourceOption = Annotated[Path, typer.Option("--source", help="The SQLite snapshot (opened read-only).")]
 DsnOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--target-dsn", help="PostgreSQL DSN; default SERVICEDESK_PG_DSN, else the embedded server."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
@@ -161,11 +161,11 @@ def exit_for(gates: tuple[GateResult, ...] | list[GateResult]) -> None:
 @app.command()
 def profile(
     source: SourceOption,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the plan and report as JSON here.")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the human report (Markdown) here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the plan and report as JSON here.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the human report (Markdown) here.")] = None,
     target_dsn: DsnOption = None,
-    rules: Annotated[Optional[list[Path]], typer.Option("--rules", help="A rule pack (TOML) to add; one named like a shipped pack replaces it. Repeatable.")] = None,
-    mapping: Annotated[Optional[Path], typer.Option("--mapping", help="A column-name mapping file for renamed export columns.")] = None,
+    rules: Annotated[list[Path] | None, typer.Option("--rules", help="A rule pack (TOML) to add; one named like a shipped pack replaces it. Repeatable.")] = None,
+    mapping: Annotated[Path | None, typer.Option("--mapping", help="A column-name mapping file for renamed export columns.")] = None,
 ) -> None:
     """Profile a snapshot: inferred types, formats, rules, quality score, dry run. Exit 1 when a gate fails."""
     import shutil
@@ -195,7 +195,7 @@ def profile(
 def clean(
     source: SourceOption,
     output: Annotated[Path, typer.Option("--output", help="The new cleaned SQLite file.")],
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="A plan from `profile --json`; profiled now if omitted.")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="A plan from `profile --json`; profiled now if omitted.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
     """Execute the plan into a new SQLite file with _audit and _quarantine. Exit 1 when a gate fails."""
@@ -238,7 +238,7 @@ def plan_path_for(cleaned: Path) -> Path:
 @app.command()
 def migrate(
     source: Annotated[Path, typer.Option("--source", help="A cleaned SQLite file (from `clean`).")],
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="Its plan; default CLEAN.db.plan.json beside it.")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="Its plan; default CLEAN.db.plan.json beside it.")] = None,
     target_dsn: DsnOption = None,
     canary_only: Annotated[bool, typer.Option("--canary-only", help="Load and check the canary, then stop.")] = False,
 ) -> None:

@@ -73,7 +73,7 @@ def raw_rows() -> dict[str, list[tuple[Any, ...]]]:
 def cleaned_rows() -> dict[str, list[tuple[Any, ...]]]:
     """What a correct cleaner makes of them: canonical values, NULL for '', duplicate removed."""
     tickets = []
-    for i, parent, title, created, modified, closure, sla, achievement in raw_rows()["tickets"]:
+    for i, parent, title, created, modified, closure, sla, _achievement in raw_rows()["tickets"]:
         if "/" in closure:
             day, month_year = closure.split("/", 1)
             closure = f"2025-05-{day} 08:42:00"
