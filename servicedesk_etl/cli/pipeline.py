@@ -12,38 +12,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from servicedesk_etl.cli.app import app, console
+from servicedesk_etl.cli.app import TargetDsn, app, console, resolve_target, start_logging
 from servicedesk_etl.dsn import redact_dsn
 from servicedesk_etl.gates import GateResult
 from servicedesk_etl.runner import RunSummary
-from servicedesk_etl.settings import configured_dsn, pg_backups_dir, state_dir
+from servicedesk_etl.settings import pg_backups_dir
 
 SourceOption = Annotated[Path, typer.Option("--source", help="The SQLite snapshot (opened read-only).")]
-DsnOption = Annotated[
-    str | None,
-    typer.Option("--target-dsn", help="PostgreSQL DSN; default SERVICEDESK_PG_DSN, else the embedded server."),
-]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
-
-
-def resolve_dsn(given: str | None) -> str:
-    """The DSN to use, checked for reachability (TargetUnreachable -> exit 2)."""
-    from servicedesk_etl.embedded_pg import embedded_dsn
-    from servicedesk_etl.pg import connect
-
-    dsn = given or configured_dsn() or embedded_dsn(state_dir())
-    start_logging(dsn)
-    with connect(dsn) as conn:
-        conn.execute("SELECT 1")
-    return dsn
-
-
-def start_logging(dsn: str | None = None) -> None:
-    """The JSON log file in the state directory for this command (DSN passwords scrubbed)."""
-    from servicedesk_etl.observability import configure_logging, register_secret_dsn
-
-    register_secret_dsn(dsn)
-    configure_logging(state_dir(), console=False)
 
 
 def check_snapshot(path: Path) -> Path:
@@ -68,12 +44,12 @@ def check_snapshot(path: Path) -> Path:
 
 
 @app.command()
-def run(source: SourceOption, target_dsn: DsnOption = None, as_json: JsonFlag = False) -> None:
+def run(source: SourceOption, target_dsn: TargetDsn = None, as_json: JsonFlag = False) -> None:
     """Materialize the whole graph (backup -> profile -> clean -> canary -> production) through Dagster."""
     from servicedesk_etl.runner import run_migration
 
     snapshot = check_snapshot(source)
-    dsn = resolve_dsn(target_dsn)
+    dsn = resolve_target(target_dsn)
     summary = run_migration(snapshot, dsn=dsn if target_dsn else None)
     if as_json:
         print(json.dumps(summary.to_dict(), indent=2, default=str))
@@ -133,7 +109,7 @@ def demo_data(
 @app.command()
 def demo(
     scale: Annotated[float, typer.Option("--scale", min=0.0001, help="1 = 260,130 rows.")] = 0.1,
-    target_dsn: DsnOption = None,
+    target_dsn: TargetDsn = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate a demo snapshot in the state directory and run the whole pipeline on it."""
@@ -163,7 +139,7 @@ def profile(
     source: SourceOption,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the plan and report as JSON here.")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the human report (Markdown) here.")] = None,
-    target_dsn: DsnOption = None,
+    target_dsn: TargetDsn = None,
     rules: Annotated[list[Path] | None, typer.Option("--rules", help="A rule pack (TOML) to add; one named like a shipped pack replaces it. Repeatable.")] = None,
     mapping: Annotated[Path | None, typer.Option("--mapping", help="A column-name mapping file for renamed export columns.")] = None,
 ) -> None:
@@ -175,7 +151,7 @@ def profile(
     from servicedesk_etl.pipeline import PipelineSettings, profile_step
 
     snapshot = check_snapshot(source)
-    dsn = resolve_dsn(target_dsn)
+    dsn = resolve_target(target_dsn)
     with tempfile.TemporaryDirectory(prefix="servicedesk-profile-") as scratch:
         settings = PipelineSettings(rule_packs=tuple(str(path) for path in rules or ()),
                                     rule_mapping=str(mapping) if mapping else None)
@@ -239,7 +215,7 @@ def plan_path_for(cleaned: Path) -> Path:
 def migrate(
     source: Annotated[Path, typer.Option("--source", help="A cleaned SQLite file (from `clean`).")],
     plan: Annotated[Path | None, typer.Option("--plan", help="Its plan; default CLEAN.db.plan.json beside it.")] = None,
-    target_dsn: DsnOption = None,
+    target_dsn: TargetDsn = None,
     canary_only: Annotated[bool, typer.Option("--canary-only", help="Load and check the canary, then stop.")] = False,
 ) -> None:
     """Load a cleaned file: canary, then a new version schema and the atomic cutover. Exit 1 when a gate fails."""
@@ -255,7 +231,7 @@ def migrate(
     if not plan_path.exists():
         raise InputError(f"{plan_path}: no plan beside the cleaned file (give --plan)")
     plan_doc = read_plan(plan_path)
-    dsn = resolve_dsn(target_dsn)
+    dsn = resolve_target(target_dsn)
     settings = PipelineSettings()
     score = score_quality(sqlite_source(cleaned_path), plan_doc).score
     rows = {table.name: table.row_count for table in plan_doc.tables}
@@ -274,22 +250,22 @@ def migrate(
 
 
 @app.command()
-def rollback(target_dsn: DsnOption = None) -> None:
+def rollback(target_dsn: TargetDsn = None) -> None:
     """Swap the previous version back in as `servicedesk`, in one transaction."""
     from servicedesk_etl.cutover import rollback as rollback_live
 
-    result = rollback_live(resolve_dsn(target_dsn))
+    result = rollback_live(resolve_target(target_dsn))
     console.print(f"`servicedesk` is now {result.live_version} (was {result.previous_version})")
 
 
 @app.command()
-def status(target_dsn: DsnOption = None, as_json: JsonFlag = False) -> None:
+def status(target_dsn: TargetDsn = None, as_json: JsonFlag = False) -> None:
     """List the schema versions with row counts, load time, source checksum and which one is live."""
     import dataclasses
 
     from servicedesk_etl.cutover import list_versions
 
-    versions = list_versions(resolve_dsn(target_dsn))
+    versions = list_versions(resolve_target(target_dsn))
     if as_json:
         print(json.dumps([dataclasses.asdict(v) for v in versions], indent=2, default=str))
         return

@@ -20,40 +20,19 @@ from servicedesk_etl.backup import (
     restore_pg_dump,
     verify_backup,
 )
-from servicedesk_etl.cli.app import app, console, fail
+from servicedesk_etl.cli.app import TargetDsn, app, console, fail, resolve_target, start_logging
 from servicedesk_etl.dsn import redact_dsn
-from servicedesk_etl.observability import configure_logging, register_secret_dsn
 from servicedesk_etl.preflight import CheckStatus, PreflightReport, run_preflight
 from servicedesk_etl.settings import ENV_PG_DSN, state_dir
 
-_DSN_HELP = "PostgreSQL DSN (prefer the environment variable: a command line is visible in ps)"
-TargetDsn = Annotated[
-    str | None,
-    typer.Option("--target-dsn", envvar=ENV_PG_DSN, show_envvar=True,
-                 help=f"{_DSN_HELP}; default: the embedded server."),
-]
 CheckedDsn = Annotated[
     str | None,
     typer.Option("--target-dsn", envvar=ENV_PG_DSN, show_envvar=True,
-                 help=f"{_DSN_HELP}; without one the PostgreSQL checks warn (see --embedded)."),
+                 help="PostgreSQL DSN (prefer the environment variable: a command line is visible in ps); "
+                 "without one the PostgreSQL checks warn (see --embedded)."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of a table.")]
 _STATUS_STYLE = {CheckStatus.PASS: "green", CheckStatus.WARN: "yellow", CheckStatus.FAIL: "bold red"}
-
-
-def _start_logging(*dsns: str | None) -> None:
-    for dsn in dsns:
-        register_secret_dsn(dsn)
-    configure_logging(state_dir(), console=False)
-
-
-def _resolve_target(dsn: str | None) -> str:
-    """The given DSN, else the embedded server (started if needed)."""
-    if dsn:
-        return dsn
-    from servicedesk_etl.embedded_pg import embedded_dsn
-
-    return embedded_dsn(state_dir())
 
 
 def _echo_json(document: object) -> None:
@@ -84,8 +63,8 @@ def preflight(
                                                 "the embedded server's).")] = None,
 ) -> None:
     """Check disk, memory, the snapshot, PostgreSQL and pg_dump before a run. Exit 0 pass, 1 fail, 2 warnings."""
-    _start_logging(target_dsn)
-    dsn = _resolve_target(None) if embedded and not target_dsn else target_dsn
+    start_logging(target_dsn)
+    dsn = resolve_target(None, check=False) if embedded and not target_dsn else target_dsn
     report = run_preflight(source, dsn, work_dirs=work_dir or [state_dir()], min_free_ratio=min_free_ratio,
                            min_memory_bytes=int(min_memory_gb * 2**30), pg_dump=pg_dump)
     if json_output:
@@ -106,7 +85,7 @@ def backup(
     json_output: JsonFlag = False,
 ) -> None:
     """Copy the snapshot with SQLite's online backup API to NAME.YYYYMMDD_HHMMSS, with MD5/SHA-256 sidecar."""
-    _start_logging()
+    start_logging()
     made = backup_sqlite(source, output)
     if json_output:
         _echo_json({"backup": str(made.path), "sidecar": str(made.sidecar), "md5": made.md5, "sha256": made.sha256,
@@ -122,7 +101,7 @@ def verify(
     json_output: JsonFlag = False,
 ) -> None:
     """Check a backup: checksums against its sidecar, PRAGMA integrity_check, row counts. Exit 1 when it fails."""
-    _start_logging()
+    start_logging()
     result = verify_backup(source, backup)
     if json_output:
         _echo_json(result.to_dict())
@@ -141,7 +120,7 @@ def restore(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing target.")] = False,
 ) -> None:
     """Verify a backup, then restore it atomically (temporary file, then rename)."""
-    _start_logging()
+    start_logging()
     restored = restore_backup(backup, target, force=force)
     console.print(f"restored {backup} to {restored}", highlight=False)
 
@@ -152,7 +131,7 @@ def prune(
     retention_days: Annotated[int, typer.Option("--retention-days", help="Keep backups younger than this.")],
 ) -> None:
     """Remove backups older than the retention (and their sidecars); the newest one always stays."""
-    _start_logging()
+    start_logging()
     removed = prune_backups(output, retention_days)
     for path in removed:
         console.print(f"removed {path}", highlight=False)
@@ -166,8 +145,8 @@ def pg_dump(
     target_dsn: TargetDsn = None,
 ) -> None:
     """Dump one PostgreSQL schema (custom format) with a checksum and fingerprint sidecar."""
-    _start_logging(target_dsn)
-    dsn = _resolve_target(target_dsn)
+    start_logging(target_dsn)
+    dsn = resolve_target(target_dsn, check=False)
     dump = pg_dump_schema(dsn, schema, output)
     console.print(f"dumped {schema} from {redact_dsn(dsn)} to {dump.path} (sha256 {dump.sha256})", highlight=False)
 
@@ -179,8 +158,8 @@ def pg_restore(
     target_dsn: TargetDsn = None,
 ) -> None:
     """Restore a schema dump under a new name, then compare its fingerprint with the dump's. Exit 1 on mismatch."""
-    _start_logging(target_dsn)
-    dsn = _resolve_target(target_dsn)
+    start_logging(target_dsn)
+    dsn = resolve_target(target_dsn, check=False)
     restored = restore_pg_dump(dump, schema, dsn)
     rows = sum(fp.rows for fp in restored.fingerprint.values())
     console.print(f"restored {dump} into schema {schema}: {len(restored.fingerprint)} tables, {rows} rows",
