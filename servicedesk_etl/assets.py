@@ -23,6 +23,7 @@ from servicedesk_etl.observability.steps import record_step
 from servicedesk_etl.pipeline import (
     BackupArtifact,
     CleanedArtifact,
+    PipelineSettings,
     ProfileArtifact,
     StepOutcome,
     backup_step,
@@ -45,6 +46,11 @@ def run_dir(context: dg.AssetExecutionContext) -> Path:
 def progress_logger(context: dg.AssetExecutionContext, step: str) -> TableProgress:
     """Rows done, rows/s and ETA per table as Dagster log lines, at most every few seconds."""
     return TableProgress(step, lambda: LogProgressSink(context.log, every_seconds=2.0))
+
+
+def load_health(settings: PipelineSettings, dsn: str | None) -> HealthCheck:
+    """Disk and memory where the state lives, and the target connection, checked after every loaded chunk."""
+    return HealthCheck([state_dir()], settings.min_free_disk_bytes, settings.min_available_memory_bytes, dsn=dsn)
 
 
 @contextmanager
@@ -142,7 +148,8 @@ def canary_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArtifact
     """A deterministic ~10% sample of every table loaded with the real DDL; dropped when its gates pass."""
     with observed(context, "canary_schema", target) as dsn:
         outcome = canary_step(cleaned_db, dsn=dsn, run_id=context.run.run_id, settings=gates.settings(),
-                              progress=progress_logger(context, "canary load"))
+                              progress=progress_logger(context, "canary load"),
+                              health_check=load_health(gates.settings(), dsn))
     yield from emit(context, "canary_schema", outcome, {"dagster/row_count": outcome.metadata["rows"]})
 
 
@@ -152,7 +159,8 @@ def production_schema(context: dg.AssetExecutionContext, cleaned_db: CleanedArti
     """The full load into a new version schema, then an atomic cutover to `servicedesk`."""
     with observed(context, "production_schema", target) as dsn:
         outcome = production_step(cleaned_db, dsn=dsn, settings=gates.settings(), backup_dir=pg_backups_dir(),
-                                  progress=progress_logger(context, "production load"))
+                                  progress=progress_logger(context, "production load"),
+                                  health_check=load_health(gates.settings(), dsn))
     extra = {**column_schema_of(cleaned_db.plan_path), "dagster/row_count": outcome.metadata["rows"]}
     yield from emit(context, "production_schema", outcome, extra, fail_when_blocked=True)
 

@@ -495,8 +495,21 @@ def load_gate_results(prefix: str, report: Any, queries: Any) -> list[GateResult
     ]
 
 
+def with_health(progress: Progress | None, health_check: HealthCheck | None) -> Progress | None:
+    """One per-chunk callback for a long step: report progress, then check disk, memory and connection."""
+    if health_check is None:
+        return progress
+
+    def report(table: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(table, done, total)
+        health_check()
+
+    return report
+
+
 def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: PipelineSettings,
-                progress: Progress | None = None) -> StepOutcome[SchemaArtifact]:
+                progress: Progress | None = None, health_check: HealthCheck | None = None) -> StepOutcome[SchemaArtifact]:
     """Load a deterministic sample into a canary schema; drop it when its gates pass, keep it when not."""
     from servicedesk_etl.cutover import drop_leftovers
     from servicedesk_etl.loading import canary_schema_name, load_schema
@@ -507,7 +520,7 @@ def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: Pi
     schema = canary_schema_name(run_id)
     drop_schema(dsn, schema)
     load = load_schema(cleaned.path, plan, dsn, schema, sample_percent=settings.canary_percent,
-                       max_workers=settings.load_workers, progress=progress)
+                       max_workers=settings.load_workers, progress=with_health(progress, health_check))
     gates = load_gates("canary", cleaned, plan, dsn, schema, settings.canary_percent)
     passed = not any(gate.stops_the_run for gate in gates)
     if passed:
@@ -519,7 +532,8 @@ def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: Pi
 
 
 def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSettings, backup_dir: Path,
-                    progress: Progress | None = None) -> StepOutcome[SchemaArtifact]:
+                    progress: Progress | None = None,
+                    health_check: HealthCheck | None = None) -> StepOutcome[SchemaArtifact]:
     """Load everything into a new version schema; only when its gates pass, back up the live schema and cut over."""
     from servicedesk_etl.backup import pg_dump_schema
     from servicedesk_etl.cutover import mark_loading, promote, register_version
@@ -532,7 +546,8 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
     plan = read_plan(cleaned.plan_path)
     schema = version_schema_name()
     mark_loading(dsn, schema)
-    load = load_schema(cleaned.path, plan, dsn, schema, max_workers=settings.load_workers, progress=progress)
+    load = load_schema(cleaned.path, plan, dsn, schema, max_workers=settings.load_workers,
+                       progress=with_health(progress, health_check))
     rows = {entry.table: entry.rows for entry in load.tables}
     register_version(dsn, schema, source_sha256=cleaned.source_sha256, row_counts=rows)
     report, queries, loaded = concurrently(

@@ -43,3 +43,21 @@ def test_the_rollback_job_puts_the_previous_version_back(tmp_path, fresh_databas
     with psycopg.connect(fresh_database) as conn:
         (tickets,) = conn.execute('SELECT count(*) FROM servicedesk."tickets"').fetchone()
     assert tickets == first.artifact.rows["tickets"]
+
+
+def test_a_failing_health_check_stops_the_load_and_the_live_schema_stays(tmp_path, fresh_database):
+    from servicedesk_etl.errors import ResourceExhausted
+    from servicedesk_etl.observability import HealthCheck
+    from servicedesk_etl.pg import schema_exists
+
+    settings = PipelineSettings()
+    first = production_step(cleaned_demo(tmp_path, 1), dsn=fresh_database, settings=settings,
+                            backup_dir=tmp_path / "dumps")
+    starved = HealthCheck([tmp_path], min_free_disk_bytes=2**62, min_available_memory_bytes=1)
+    with pytest.raises(ResourceExhausted):
+        production_step(cleaned_demo(tmp_path, 2), dsn=fresh_database, settings=settings,
+                        backup_dir=tmp_path / "dumps", health_check=starved)
+    live = [v for v in list_versions(fresh_database) if v.is_live]
+    assert [v.schema for v in live] == [first.artifact.schema]
+    loading = [v.schema for v in list_versions(fresh_database) if v.status == "loading"]
+    assert all(not schema_exists(fresh_database, name) for name in loading)

@@ -16,7 +16,7 @@ from servicedesk_etl.cli.app import TargetDsn, app, console, resolve_target, sta
 from servicedesk_etl.dsn import redact_dsn
 from servicedesk_etl.gates import GateResult
 from servicedesk_etl.runner import RunSummary
-from servicedesk_etl.settings import pg_backups_dir
+from servicedesk_etl.settings import pg_backups_dir, state_dir
 
 SourceOption = Annotated[Path, typer.Option("--source", help="The SQLite snapshot (opened read-only).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
@@ -222,6 +222,7 @@ def migrate(
     import uuid
 
     from servicedesk_etl.errors import InputError
+    from servicedesk_etl.observability import HealthCheck
     from servicedesk_etl.pipeline import CleanedArtifact, PipelineSettings, canary_step, production_step, read_plan
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
     from servicedesk_etl.sqlite_source import file_sha256
@@ -236,12 +237,14 @@ def migrate(
     score = score_quality(sqlite_source(cleaned_path), plan_doc).score
     rows = {table.name: table.row_count for table in plan_doc.tables}
     cleaned = CleanedArtifact(cleaned_path, plan_path, plan_doc.source_sha256 or file_sha256(cleaned_path), rows, score)
-    canary = canary_step(cleaned, dsn=dsn, run_id=uuid.uuid4().hex[:8], settings=settings)
+    health = HealthCheck([state_dir()], settings.min_free_disk_bytes, settings.min_available_memory_bytes, dsn=dsn)
+    canary = canary_step(cleaned, dsn=dsn, run_id=uuid.uuid4().hex[:8], settings=settings, health_check=health)
     console.print(f"canary {canary.artifact.schema}: {canary.metadata['rows']:,} rows")
     print_gates(canary.gates)
     if canary_only or any(gate.stops_the_run for gate in canary.gates):
         exit_for(canary.gates)
-    production = production_step(cleaned, dsn=dsn, settings=settings, backup_dir=pg_backups_dir())
+    production = production_step(cleaned, dsn=dsn, settings=settings, backup_dir=pg_backups_dir(),
+                                 health_check=health)
     console.print(f"version {production.artifact.schema}: {production.metadata['rows']:,} rows")
     print_gates(production.gates)
     if production.artifact.live:
