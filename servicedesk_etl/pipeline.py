@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from servicedesk_etl.gates import GateResult
+from servicedesk_etl.jsonable import jsonable
 from servicedesk_etl.pg import drop_schema, schema_exists
 from servicedesk_etl.profiling.plan import Plan
 from servicedesk_etl.settings import LIVE_SCHEMA
@@ -127,8 +128,8 @@ def write_profile_json(plan: Plan, gates: list[GateResult], score: Any, rules: A
     document = {
         "plan": plan.to_dict(),
         "quality": {"score": score.score, "grade": score.grade, "dimensions": dict(score.dimensions)},
-        "gates": [_plain(gate) for gate in gates],
-        "rules": _plain(rules.to_dict()),
+        "gates": [jsonable(gate) for gate in gates],
+        "rules": jsonable(rules.to_dict()),
     }
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     return path
@@ -149,7 +150,7 @@ def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: Pipel
         "preflight",
         passed=report.status != "fail",
         summary=_preflight_summary(report),
-        metadata=_plain(report.to_dict()),
+        metadata=jsonable(report.to_dict()),
     )
     if not preflight.passed:
         return StepOutcome(None, (preflight,), seconds=elapsed_since(start))
@@ -160,7 +161,7 @@ def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: Pipel
         passed=verification.ok,
         summary="backup matches the snapshot" if verification.ok else _failed_checks(verification.checks),
         metadata={"backup": str(backup.path), "sha256": backup.sha256, "row_counts": dict(verification.row_counts),
-                  "checks": [_plain(check) for check in verification.checks]},
+                  "checks": [jsonable(check) for check in verification.checks]},
     )
     artifact = BackupArtifact(source, backup.source_sha256, backup.path, backup.sha256, dict(verification.row_counts))
     metadata = {"rows": sum(artifact.row_counts.values()), "rows_per_table": artifact.row_counts,
@@ -178,29 +179,6 @@ def _preflight_summary(report: Any) -> str:
 
 def _failed_checks(checks: Any) -> str:
     return "; ".join(f"{check.name}: {getattr(check, 'detail', '')}" for check in checks if not check.ok)
-
-
-def _plain(value: Any) -> Any:
-    """A frozen dataclass (or anything nested) as JSON-able data."""
-    import dataclasses
-    import enum
-
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, bool) or value is None:
-        return value
-    for kind in (str, int, float):
-        if isinstance(value, kind):
-            return kind(value)
-    return str(value)
 
 
 # --- step 2: profile_report ------------------------------------------------------------------
@@ -323,7 +301,7 @@ def dry_run_gate(source: Path, plan: Plan, dsn: str) -> GateResult:
         "dry_run",
         passed=report.ok,
         summary=report.summary,
-        metadata=_plain(report),
+        metadata=jsonable(report),
     )
 
 
@@ -383,7 +361,7 @@ def clean_step(
         force=force,
     )
     after = score_quality(sqlite_source(result.output), plan)
-    unbalanced = [_plain(entry) for entry in result.reconciliation if not entry.balanced]
+    unbalanced = [jsonable(entry) for entry in result.reconciliation if not entry.balanced]
     quarantined = quarantined_per_table(result.output)
     gates = (
         GateResult(
@@ -470,7 +448,7 @@ def load_gate_results(prefix: str, report: Any, queries: Any) -> list[GateResult
     from servicedesk_etl.query_templates import FAILED, OK
 
     failed_queries = [run for run in queries if run.status == FAILED]
-    type_problems = [_plain(problem) for problem in report.type_mismatches]
+    type_problems = [jsonable(problem) for problem in report.type_mismatches]
     return [
         GateResult(
             f"{prefix}_types",
@@ -483,14 +461,14 @@ def load_gate_results(prefix: str, report: Any, queries: Any) -> list[GateResult
             f"{prefix}_reconciled",
             passed=report.ok,
             summary=report.summary,
-            metadata=_plain(report.to_metadata()),
+            metadata=jsonable(report.to_metadata()),
         ),
         GateResult(
             f"{prefix}_queries",
             passed=not failed_queries,
             summary=f"{sum(1 for run in queries if run.status == OK)} dashboard queries ran"
             + (f"; {len(failed_queries)} failed: " + ", ".join(run.name for run in failed_queries) if failed_queries else ""),
-            metadata={"queries": [_plain(run) for run in queries]},
+            metadata={"queries": [jsonable(run) for run in queries]},
         ),
     ]
 

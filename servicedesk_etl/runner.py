@@ -82,7 +82,8 @@ def ensure_dagster_home() -> Path:
 
 
 @contextmanager
-def _environment(**values: str | None) -> Iterator[None]:
+def temporary_environment(**values: str | None) -> Iterator[None]:
+    """Set the given environment variables (None leaves one as it is) and restore them afterwards."""
     saved = {key: os.environ.get(key) for key in values}
     try:
         for key, value in values.items():
@@ -105,7 +106,7 @@ def run_migration(source: Path, *, dsn: str | None = None, log_level: str = "INF
     from servicedesk_etl.jobs import MIGRATION_JOB
 
     home = ensure_dagster_home()
-    with _environment(**{ENV_DAGSTER_HOME: str(home), ENV_PG_DSN: dsn}):
+    with temporary_environment(**{ENV_DAGSTER_HOME: str(home), ENV_PG_DSN: dsn}):
         instance = dg.DagsterInstance.get()
         job = defs.resolve_job_def(MIGRATION_JOB)
         result = job.execute_in_process(
@@ -193,13 +194,13 @@ def _root_error(error: Any) -> tuple[str, str]:
         chosen = chosen.cause
     if chosen is None:
         return "Unknown", "unknown error"
-    message = (chosen.message or "").strip()
-    if ": " in message.splitlines()[0] if message else False:
-        head, _, rest = message.splitlines()[0].partition(": ")
-        message = rest if head.endswith(chosen.cls_name or "") else message.splitlines()[0]
-    else:
-        message = message.splitlines()[0] if message else chosen.cls_name
-    return chosen.cls_name or "Unknown", message
+    cls = chosen.cls_name or "Unknown"
+    lines = (chosen.message or "").strip().splitlines()
+    first_line = lines[0] if lines else ""
+    # Dagster records "module.ClassName: message"; keep the message.
+    head, separator, rest = first_line.partition(": ")
+    message = rest if separator and head.endswith(cls) else first_line
+    return cls, message or cls
 
 
 def _int(value: Any) -> int | None:

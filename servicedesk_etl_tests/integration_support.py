@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from servicedesk_etl.runner import RunSummary, run_migration
+from servicedesk_etl.runner import RunSummary, run_migration, temporary_environment
 
 TIMESTAMP_TEXT = "%Y-%m-%d %H:%M:%S"
 
@@ -23,19 +22,10 @@ TIMESTAMP_TEXT = "%Y-%m-%d %H:%M:%S"
 @contextmanager
 def isolated_state(home: Path, dsn: str) -> Iterator[Path]:
     """SERVICEDESK_ETL_HOME, DAGSTER_HOME and SERVICEDESK_PG_DSN for the duration (like `state_home`)."""
-    names = ("SERVICEDESK_ETL_HOME", "DAGSTER_HOME", "SERVICEDESK_PG_DSN")
-    saved = {name: os.environ.get(name) for name in names}
     (home / "dagster").mkdir(parents=True, exist_ok=True)
-    os.environ.update({"SERVICEDESK_ETL_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
-                       "SERVICEDESK_PG_DSN": dsn})
-    try:
+    with temporary_environment(SERVICEDESK_ETL_HOME=str(home), DAGSTER_HOME=str(home / "dagster"),
+                               SERVICEDESK_PG_DSN=dsn):
         yield home
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def migrate(source: Path, home: Path, dsn: str) -> RunSummary:

@@ -145,7 +145,6 @@ def pg_dump(
     target_dsn: TargetDsn = None,
 ) -> None:
     """Dump one PostgreSQL schema (custom format) with a checksum and fingerprint sidecar."""
-    start_logging(target_dsn)
     dsn = resolve_target(target_dsn, check=False)
     dump = pg_dump_schema(dsn, schema, output)
     console.print(f"dumped {schema} from {redact_dsn(dsn)} to {dump.path} (sha256 {dump.sha256})", highlight=False)
@@ -158,7 +157,6 @@ def pg_restore(
     target_dsn: TargetDsn = None,
 ) -> None:
     """Restore a schema dump under a new name, then compare its fingerprint with the dump's. Exit 1 on mismatch."""
-    start_logging(target_dsn)
     dsn = resolve_target(target_dsn, check=False)
     restored = restore_pg_dump(dump, schema, dsn)
     rows = sum(fp.rows for fp in restored.fingerprint.values())

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from servicedesk_etl.dsn import scrub
+from servicedesk_etl.jsonable import jsonable
 from servicedesk_etl.settings import configured_dsn
 
 LOG_FILE = Path("logs") / "servicedesk_etl.jsonl"
@@ -81,16 +82,6 @@ class ScrubFilter(logging.Filter):
         return True
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
@@ -106,7 +97,7 @@ class JsonFormatter(logging.Formatter):
             "gate": getattr(record, "gate", None),
             "event": dagster_meta.get("orig_message") or record.getMessage(),
             "fields": {
-                k: _jsonable(v) for k, v in record.__dict__.items() if k not in _RESERVED and k != "dagster_meta"
+                k: jsonable(v) for k, v in record.__dict__.items() if k not in _RESERVED and k != "dagster_meta"
             },
         }
         if record.exc_info and not record.exc_text:
