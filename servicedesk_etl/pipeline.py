@@ -34,6 +34,7 @@ class PipelineSettings:
     min_type_confidence: float = 0.95
     max_unconvertible_share: float = 0.20
     min_typed_confidence: float = 0.80
+    min_declared_confidence: float = 0.50
     min_quality_score: float = 80.0
     canary_percent: float = 10.0
     keep_versions: int = 3
@@ -228,7 +229,8 @@ def profile_settings(settings: PipelineSettings) -> Any:
     from servicedesk_etl.profiling.infer import ProfileSettings
 
     return ProfileSettings(day_first_default=settings.day_first_default,
-                           min_typed_confidence=settings.min_typed_confidence)
+                           min_typed_confidence=settings.min_typed_confidence,
+                           min_declared_confidence=settings.min_declared_confidence)
 
 
 def rule_packs(settings: PipelineSettings) -> list[Path]:
@@ -257,7 +259,8 @@ def type_confidence_gate(plan: Plan, settings: PipelineSettings) -> GateResult:
         f"every one of {len(columns)} columns converts at >= {settings.min_type_confidence:.0%} (lowest {lowest:.2%})"
         if not failing
         else f"{len(failing)} column(s) below {settings.min_type_confidence:.0%}: "
-        + ", ".join(f"{f['table']}.{f['column']} {f['confidence']:.2%}" for f in failing[:5])
+        + ", ".join(f"{f['table']}.{f['column']} {f['confidence']:.2%}{_for_example(f['counterexamples'])}"
+                    for f in failing[:5])
     )
     return GateResult(
         "type_confidence",
@@ -282,7 +285,9 @@ def circuit_breaker_gate(plan: Plan, settings: PipelineSettings) -> GateResult:
     summary = (
         f"no column is more than {settings.max_unconvertible_share:.0%} unconvertible (worst {worst:.2%})"
         if not tripped
-        else "halted: " + ", ".join(f"{t['table']}.{t['column']} {t['unconvertible_share']:.0%} unconvertible" for t in tripped[:5])
+        else "halted: " + ", ".join(
+            f"{t['table']}.{t['column']} {t['unconvertible_share']:.0%} unconvertible{_for_example(t['counterexamples'])}"
+            for t in tripped[:5])
     )
     return GateResult(
         "circuit_breaker",
@@ -291,6 +296,10 @@ def circuit_breaker_gate(plan: Plan, settings: PipelineSettings) -> GateResult:
         metadata={"worst_unconvertible_share": round(worst, 4), "threshold": settings.max_unconvertible_share,
                   "tripped_columns": tripped},
     )
+
+
+def _for_example(counterexamples: list[str]) -> str:
+    return f" (e.g. {', '.join(repr(value) for value in counterexamples[:3])})" if counterexamples else ""
 
 
 def dry_run_gate(source: Path, plan: Plan, dsn: str) -> GateResult:

@@ -52,6 +52,7 @@ class GateSettings(dg.ConfigurableResource):
     min_type_confidence: float = 0.95
     max_unconvertible_share: float = 0.20
     min_typed_confidence: float = 0.80
+    min_declared_confidence: float = 0.50
     min_quality_score: float = 80.0
     canary_percent: float = 10.0
     keep_versions: int = 3

@@ -533,6 +533,17 @@ def test_pgloader_odd_values_forced_to_bigint_land_in_the_quarantine_with_reason
     assert result.reconciled
 
 
+def test_a_word_in_a_declared_integer_column_goes_to_the_quarantine_under_the_profiled_plan(corpus_copy, tmp_path):
+    profile_database = profile_or_skip()
+    source = corpus_copy("pgloader-type-mismatch.db")
+    result = clean_snapshot(source, profile_database(source), tmp_path / "cleaned.db")
+    assert rows_of(result.output, "SELECT value, storage_class, reason <> '' FROM _quarantine"
+                                  " WHERE table_name = 'products' AND column_name = 'qty'") == [("lots-of-it", "text", 1)]
+    assert rows_of(result.output, "SELECT qty, typeof(qty) FROM products ORDER BY id") == [
+        (10, "integer"), (None, "null"), (5, "integer")]
+    assert result.reconciled and result.quarantined_cells == 1
+
+
 def test_pgloader_bad_utf8_text_is_decoded_as_cp1252(corpus_copy, tmp_path):
     profile_database = profile_or_skip()
     source = corpus_copy("pgloader-bad-utf8.db")

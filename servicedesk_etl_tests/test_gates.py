@@ -50,6 +50,19 @@ def test_more_than_20_percent_unconvertible_trips_the_circuit_breaker(tmp_path):
     assert "TKT-Created Time" in breaker.summary
 
 
+def test_with_default_settings_a_declared_timestamp_column_30_percent_garbage_trips_the_breaker(tmp_path):
+    gates = gates_of(tmp_path, good=70, bad=30)
+    breaker = gates["circuit_breaker"]
+    assert not breaker.passed
+    assert "TKT-Created Time 30% unconvertible (e.g. 'garbage" in breaker.summary
+    assert not gates["type_confidence"].passed
+
+
+def test_a_declared_column_with_less_than_a_majority_convertible_stays_text_and_passes(tmp_path):
+    gates = gates_of(tmp_path, good=40, bad=60)
+    assert gates["type_confidence"].passed and gates["circuit_breaker"].passed
+
+
 USER_PACK = """
 [pack]
 name = "house-rules"

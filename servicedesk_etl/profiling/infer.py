@@ -3,8 +3,10 @@
 Each table is pulled into Python once (`values.read_rows`), every column is reduced to its distinct
 raw values with counts, and candidate plans are measured by running `convert.convert_column` (the
 same code the cleaner executes) on those distinct values. A typed candidate wins when it converts
-at least `min_typed_confidence` of the non-null values; otherwise the column stays text and the
-reason says what was tried.
+at least `min_typed_confidence` of the non-null values, or more than `min_declared_confidence` (a majority)
+when it is the type the column was declared with: the declared schema is the author's intent, and
+the values it cannot hold are defects for the cleaner's quarantine and the gates. Otherwise the
+column stays text and the reason says what was tried.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class ProfileSettings:
     day_first_default: bool = True
     null_markers: tuple[str, ...] = ("", "NULL", "N/A", "NA", "?", "-", "nan", "None")
     min_typed_confidence: float = 0.8
+    min_declared_confidence: float = 0.5
     max_counterexamples: int = 5
     normalize_newlines: bool = True
     invalid_utf8: str = "cp1252"
@@ -290,7 +293,8 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
     if sums["blob"] == total:
         conversion = _conversion("bytea", BYTES_FORMAT_IDS, settings)
         return _Candidate("bytea", conversion, total, 0), f"every value is a blob ({declared})"
-    enough = settings.min_typed_confidence * total
+    declared_target = _declared_target(source.declared_type)
+    enough = min(settings.min_typed_confidence, settings.min_declared_confidence) * total
     typed: list[_Candidate] = []
     if sums["worded"] >= enough:
         typed += _boolean_candidates(source, flagged.filter(pl.col("worded")), values, settings)
@@ -307,9 +311,16 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
     eligible = flagged.filter(pl.col("eligible"))
     storages = _storage_summary(eligible)
     best = max(typed, key=lambda c: c.confidence) if typed else None
-    if best is not None and best.confidence >= settings.min_typed_confidence:
-        reason = f"{best.confidence:.2%} of {total} non-null values convert to {best.target} ({storages}; declared {declared})"
-        return best, f"{reason}; {best.note}" if best.note else reason
+    accepted = [c for c in typed if _clears_bar(c, declared_target, settings)]
+    if accepted:
+        chosen = max(accepted, key=lambda c: c.confidence)
+        reason = f"{chosen.confidence:.2%} of {total} non-null values convert to {chosen.target} ({storages}; declared {declared})"
+        if chosen.confidence < settings.min_typed_confidence:
+            reason += (
+                f"; typed as declared although below {settings.min_typed_confidence:.0%}: the values it cannot hold "
+                f"({', '.join(repr(value) for value in chosen.counterexamples)}) go to the quarantine"
+            )
+        return chosen, f"{reason}; {chosen.note}" if chosen.note else reason
     text = _Candidate("text", _conversion("text", TEXT_FORMAT_IDS, settings, eligible), total, 0)
     if best is None:
         plausible = max(sums["worded"], sums["shaped"])
@@ -319,9 +330,29 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
         )
     return text, (
         f"kept as text: the best typed reading, {best.target}, converts only {best.confidence:.2%} of {total} "
-        f"non-null values (< {settings.min_typed_confidence:.0%}; {storages}; declared {declared}); "
+        f"non-null values ({_bar_missed(best.target, declared_target, settings)}; {storages}; declared {declared}); "
         f"values it cannot read: {', '.join(repr(value) for value in best.counterexamples)}"
     )
+
+
+def _typed_bar(target: str, declared_target: str, settings: ProfileSettings) -> float:
+    """The share of values a typed reading must convert: lower for the type the column was declared with."""
+    if target == declared_target and declared_target != "text":
+        return min(settings.min_declared_confidence, settings.min_typed_confidence)
+    return settings.min_typed_confidence
+
+
+def _bar_missed(target: str, declared_target: str, settings: ProfileSettings) -> str:
+    bar = _typed_bar(target, declared_target, settings)
+    return f"not more than {bar:.0%}" if bar < settings.min_typed_confidence else f"< {bar:.0%}"
+
+
+def _clears_bar(candidate: _Candidate, declared_target: str, settings: ProfileSettings) -> bool:
+    """A typed reading wins at `min_typed_confidence`; the declared type needs more than its (majority) bar."""
+    bar = _typed_bar(candidate.target, declared_target, settings)
+    if bar < settings.min_typed_confidence:
+        return candidate.confidence > bar
+    return candidate.confidence >= bar
 
 
 _SCREENS = ("eligible", "blob", "worded", "shaped", "separated")

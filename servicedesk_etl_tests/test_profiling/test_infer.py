@@ -76,7 +76,7 @@ def test_every_column_of_every_corpus_file_gets_a_plan_and_a_confidence(corpus_p
         ("pgloader-sqlite.db", "reals", "f1", {"double precision"}),
         ("pgloader-sqlite.db", "blobs", "data", {"bytea"}),
         ("pgloader-bad-utf8.db", "files", "filename", {"text"}),
-        ("pgloader-type-mismatch.db", "products", "qty", {"text"}),
+        ("pgloader-type-mismatch.db", "products", "qty", {"bigint"}),
     ],
 )
 def test_corpus_column_targets(corpus_plans, file, table, column, targets):
@@ -89,6 +89,20 @@ def test_pgloader_intege_column_is_text_and_says_why(corpus_plans):
     assert column.confidence == 1.0
     assert "1 integer" in column.reason and "1 real" in column.reason and "1 text" in column.reason
     assert column.profile.storage_classes == {"integer": 1, "real": 1, "text": 1}
+
+
+def test_a_declared_integer_column_with_a_word_in_it_stays_integer_and_names_the_word(corpus_plans):
+    column = corpus_plans["pgloader-type-mismatch.db"].table("products").column("qty")
+    assert (column.target_type, column.declared_type) == ("bigint", "INTEGER")
+    assert column.confidence == pytest.approx(2 / 3)
+    assert column.profile.counterexamples == ("lots-of-it",)
+    assert "typed as declared" in column.reason and "'lots-of-it'" in column.reason
+
+
+def test_a_majority_reading_that_is_not_the_declared_type_still_needs_the_typed_bar(corpus_plans):
+    column = corpus_plans["pgloader-sqlite.db"].table("intege").column("id")
+    assert column.declared_type == "intege" and column.target_type == "text"
+    assert "double precision, converts only 66.67%" in column.reason and "(< 80%" in column.reason
 
 
 def test_pgloader_stamps_mixing_integers_and_a_timestamp_stay_text_with_the_reason(corpus_plans):
