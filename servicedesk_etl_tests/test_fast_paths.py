@@ -211,3 +211,29 @@ def test_profiling_a_few_columns_at_a_time_gives_the_plan_of_the_whole_table(tmp
     by_columns = profile_database(path)
     assert comparable(by_columns) == comparable(whole)
     assert whole.table("t").key_columns == ("Row ID",) and whole.table("u").key_columns == ()
+
+
+def test_taking_format_shapes_one_at_a_time_gives_the_plan_of_taking_them_at_once(tmp_path, monkeypatch):
+    path = tmp_path / "formats.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (created TEXT, amount TEXT, flag TEXT, serial, code TEXT)")
+    rows = [
+        (
+            ["2025-05-20 08:42:00", "21/05/2025 9:15", "2025-05-24T10:00", "2025-05-23"][n % 4],
+            ["1,234.5", "12,5", "87.50%", "42", "x"][n % 5],
+            ["Yes", "no", "Y", "1", "maybe"][n % 5],
+            [45797, 45797.5, "45798", 1747730520][n % 4],
+            f"{n:04d}",
+        )
+        for n in range(200)
+    ]
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    at_once = profile_database(path)
+    monkeypatch.setattr(infer, "FEW_VALUES", 0)
+    one_at_a_time = profile_database(path)
+    assert comparable(one_at_a_time) == comparable(at_once)
+    table = at_once.table("t")
+    assert [column.target_type for column in table.columns] == ["timestamp", "numeric", "boolean", "double precision", "text"]
+    assert table.column("created").conversion.formats == ("iso_date", "iso_datetime", "dmy_hm")

@@ -13,10 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import polars as pl
 
-from servicedesk_etl.profiling.dates import DATE_FORMATS, format_date, format_timestamp, is_midnight, read_date
+from servicedesk_etl.profiling.dates import (
+    DATE_FORMATS,
+    canonical_shape,
+    format_date,
+    format_timestamp,
+    is_midnight,
+    read_date,
+)
 from servicedesk_etl.profiling.numbers import BOOLEAN_FORMATS, NUMBER_FORMATS, read_boolean, read_number
 from servicedesk_etl.profiling.plan import ColumnPlan, Conversion
 from servicedesk_etl.profiling.values import RAW_DTYPE
@@ -102,13 +110,21 @@ class _Attempt:
 
 def convert_column(raw: pl.Series, column: ColumnPlan) -> ConvertedColumn:
     """Convert raw values per the column's plan; every row gets an outcome, failures a reason."""
+    fields = raw.cast(RAW_DTYPE).struct.unnest().with_columns(t=pl.col("s").str.strip_chars())
+    return convert_fields(fields, column)
+
+
+def convert_fields(fields: pl.DataFrame, column: ColumnPlan) -> ConvertedColumn:
+    """`convert_column` on raw values already unnested: columns `storage`, `i`, `r`, `s`, `b` and the
+    stripped text `t` (further columns are ignored)."""
     _check_plan(column)
-    conversion = column.conversion
-    frame = raw.cast(RAW_DTYPE).struct.unnest().with_columns(t=pl.col("s").str.strip_chars())
+    frame = fields
     if column.target_type == "text":
-        frame = _with_decoded_bytes(frame, conversion.invalid_utf8)
-    attempts = _ATTEMPTS[TARGET_FAMILY[column.target_type]](column)
-    result = _staged(frame, attempts).select(_result_columns(column, len(attempts))).collect()
+        frame = _with_decoded_bytes(frame, column.conversion.invalid_utf8)
+    present = frozenset(frame["storage"].unique().to_list())
+    first, kept, results = _expressions(column.target_type, column.conversion, present)
+    # The in-memory engine: the default one costs milliseconds to start, more than most columns take.
+    result = frame.lazy().with_columns(first).with_columns(kept).select(results).collect(engine="in-memory")
     dtype = VALUE_DTYPE[column.target_type]
     return ConvertedColumn(
         values=result["value"].cast(dtype).alias(column.name),
@@ -116,6 +132,44 @@ def convert_column(raw: pl.Series, column: ColumnPlan) -> ConvertedColumn:
         operation=result["operation"].alias("operation"),
         reason=result["reason"].alias("reason"),
     )
+
+
+@lru_cache(maxsize=512)
+def _expressions(
+    target_type: str, conversion: Conversion, storages: frozenset[str]
+) -> tuple[list[pl.Expr], list[pl.Expr], list[pl.Expr]]:
+    """The expressions of a plan's conversion for values of the given storage classes, built once.
+
+    A format that cannot apply to any of those storage classes is left out: it would never match.
+    """
+    column = ColumnPlan("column", "column", "", target_type, conversion, 1.0)
+    attempts = [
+        attempt
+        for attempt in _ATTEMPTS[TARGET_FAMILY[target_type]](column)
+        if _applicable_storages(attempt.format_id) & storages
+    ]
+    first, kept = _staged(attempts)
+    return first, kept, _result_columns(column, len(attempts))
+
+
+def _applicable_storages(format_id: str) -> frozenset[str]:
+    """The storage classes a format's `applies` can be true for."""
+    family = FORMATS[format_id].family
+    if format_id in _SOURCE_STORAGE:
+        return frozenset({_SOURCE_STORAGE[format_id]})
+    if (family == "date" and DATE_FORMATS[format_id].pattern is None) or format_id == "one_zero":
+        return frozenset({"integer", "real", "text"})
+    return frozenset({"text"})
+
+
+_SOURCE_STORAGE = {
+    "integer": "integer",
+    "real": "real",
+    "integer_as_text": "integer",
+    "real_as_text": "real",
+    "blob_as_text": "blob",
+    "blob": "blob",
+}
 
 
 def convert_distinct(raw: pl.Series, column: ColumnPlan) -> ConvertedColumn:
@@ -137,8 +191,9 @@ def convert_distinct(raw: pl.Series, column: ColumnPlan) -> ConvertedColumn:
     )
 
 
-def _staged(frame: pl.DataFrame, attempts: list[_Attempt]) -> pl.LazyFrame:
-    """Each attempt's applies / value / reason / operation as columns, so each is computed once."""
+def _staged(attempts: list[_Attempt]) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """Each attempt's applies / value / reason / operation as columns, so each is computed once; then
+    whether the value is kept as is."""
     first = []
     for k, attempt in enumerate(attempts):
         operation = attempt.operation if attempt.operation is not None else pl.lit(attempt.format_id)
@@ -156,7 +211,7 @@ def _staged(frame: pl.DataFrame, attempts: list[_Attempt]) -> pl.LazyFrame:
         ).fill_null(False).alias(f"__k{k}")
         for k, attempt in enumerate(attempts)
     ]
-    return frame.lazy().with_columns(first).with_columns(kept)
+    return first, kept
 
 
 def _check_plan(column: ColumnPlan) -> None:
@@ -264,10 +319,22 @@ def _date_attempts(column: ColumnPlan) -> list[_Attempt]:
                 .otherwise(pl.lit(f"{format_id}: has a time of day but the column is planned as date"))
             )
         else:
-            value = format_timestamp(instant, with_zone=column.target_type == "timestamptz")
+            value = _formatted_timestamp(format_id, instant, with_zone=column.target_type == "timestamptz")
             reason = pl.lit(f"{format_id}: not a valid date and time")
         attempts.append(_Attempt(format_id, applies, value, pl.lit(False), reason, kept_when_text_unchanged=True))
     return attempts
+
+
+def _formatted_timestamp(format_id: str, instant: pl.Expr, with_zone: bool) -> pl.Expr:
+    """`format_timestamp(instant)`; a valid ISO text already written `YYYY-MM-DD[ HH:MM:SS]` is its
+    own formatting (plus the missing time and zone), so only the other values are formatted."""
+    canonical = canonical_shape(format_id)
+    if canonical is None:
+        return format_timestamp(instant, with_zone)
+    suffix = (" 00:00:00" if format_id == "iso_date" else "") + ("+00:00" if with_zone else "")
+    written = pl.col("t") + pl.lit(suffix) if suffix else pl.col("t")
+    others = format_timestamp(pl.when(~canonical).then(instant), with_zone)
+    return pl.when(canonical & instant.is_not_null()).then(written).otherwise(others)
 
 
 def _text_attempts(column: ColumnPlan) -> list[_Attempt]:
@@ -367,20 +434,21 @@ def decode_bytes(value: bytes, policy: str) -> tuple[str | None, str]:
 
 def _with_decoded_bytes(frame: pl.DataFrame, policy: str) -> pl.DataFrame:
     """Columns `bt` (bytes decoded to text) and `bop` (how), only where `b` holds bytes."""
+    if frame["b"].null_count() == frame.height:
+        return frame.with_columns(bt=pl.lit(None, pl.String), bop=pl.lit(None, pl.String))
     has_bytes = frame["b"].is_not_null()
-    text = pl.Series("bt", [None] * frame.height, dtype=pl.String)
-    operation = pl.Series("bop", [None] * frame.height, dtype=pl.String)
-    if has_bytes.any():
-        positions = has_bytes.arg_true()
-        storages = frame["storage"].gather(positions).to_list()
-        # Blobs and invalid UTF-8 in a text column are the rare exceptions; polars has no cp1252 codec.
-        decoded = [decode_bytes(value, policy) for value in frame["b"].gather(positions).to_list()]
-        text = text.scatter(positions, [decoded_text for decoded_text, _ in decoded])
-        operation = operation.scatter(
-            positions,
-            [
-                "blob_utf8" if how == "utf8" and storage == "blob" else how
-                for (_, how), storage in zip(decoded, storages)
-            ],
-        )
+    positions = has_bytes.arg_true()
+    storages = frame["storage"].gather(positions).to_list()
+    # Blobs and invalid UTF-8 in a text column are the rare exceptions; polars has no cp1252 codec.
+    decoded = [decode_bytes(value, policy) for value in frame["b"].gather(positions).to_list()]
+    text = pl.Series("bt", [None] * frame.height, dtype=pl.String).scatter(
+        positions, [decoded_text for decoded_text, _ in decoded]
+    )
+    operation = pl.Series("bop", [None] * frame.height, dtype=pl.String).scatter(
+        positions,
+        [
+            "blob_utf8" if how == "utf8" and storage == "blob" else how
+            for (_, how), storage in zip(decoded, storages)
+        ],
+    )
     return frame.with_columns(text, operation)

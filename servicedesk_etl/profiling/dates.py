@@ -102,12 +102,36 @@ DAY_FIRST_COUNTERPART = {
 MONTH_FIRST_COUNTERPART = {day: month for month, day in DAY_FIRST_COUNTERPART.items()}
 
 
+# Text already written the way the general reader would rewrite it (`YYYY-MM-DD[ HH:MM:SS]`, time
+# fields in range) is parsed as is; only the other values pay for extracting and padding fields.
+_CANONICAL = {
+    "iso_date": (r"^\d{4}-\d{2}-\d{2}$", "%Y-%m-%d"),
+    "iso_datetime": (r"^\d{4}-\d{2}-\d{2} (?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d$", "%Y-%m-%d %H:%M:%S"),
+}
+
+
 def read_date(format_id: str) -> tuple[pl.Expr, pl.Expr]:
     """(applies, Datetime('us') value) for one format over a raw frame with a stripped-text column `t`."""
     spec = DATE_FORMATS[format_id]
     if spec.pattern is None:
         return _read_numeric_date(format_id)
-    return _read_pattern(spec.pattern)
+    if format_id not in _CANONICAL:
+        return _read_pattern(spec.pattern, pl.col("t"))
+    shape, layout = _CANONICAL[format_id]
+    canonical = pl.col("t").str.contains(shape).fill_null(False)
+    applies = date_shape(format_id)
+    _, general = _read_pattern(spec.pattern, pl.when(~canonical).then(pl.col("t")))
+    # No parse cache: the values converted are mostly distinct already.
+    direct = pl.col("t").str.to_datetime(layout, time_unit="us", strict=False, cache=False)
+    return applies, pl.when(applies & canonical).then(direct).otherwise(general)
+
+
+def canonical_shape(format_id: str) -> pl.Expr | None:
+    """Whether the stripped text is already `YYYY-MM-DD[ HH:MM:SS]` (time fields in range), for the
+    ISO formats; None for the others. A valid such value reads back to exactly its own text."""
+    if format_id not in _CANONICAL:
+        return None
+    return (pl.col("storage") == "text") & pl.col("t").str.contains(_CANONICAL[format_id][0]).fill_null(False)
 
 
 def date_shape(format_id: str) -> pl.Expr:
@@ -118,14 +142,14 @@ def date_shape(format_id: str) -> pl.Expr:
     return (pl.col("storage") == "text") & pl.col("t").str.contains(spec.pattern)
 
 
-def _read_pattern(pattern: str) -> tuple[pl.Expr, pl.Expr]:
+def _read_pattern(pattern: str, text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     groups = set(re.findall(r"\(\?P<(\w+)>", pattern))
-    parts = pl.col("t").str.extract_groups(pattern)
+    parts = text.str.extract_groups(pattern)
 
     def field(name: str) -> pl.Expr:
         return parts.struct.field(name)
 
-    applies = pl.col("storage").eq("text") & field("y").is_not_null()
+    applies = pl.col("storage").eq("text") & text.str.contains(pattern)
     hour = field("H").cast(pl.Int32) if "H" in groups else pl.lit(0, pl.Int32)
     valid = pl.lit(True)
     if "p" in groups:
@@ -147,7 +171,7 @@ def _read_pattern(pattern: str) -> tuple[pl.Expr, pl.Expr]:
         second.cast(pl.String).str.zfill(2),
         fraction,
     )
-    value = canonical.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", strict=False)
+    value = canonical.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", strict=False, cache=False)
     if "tz" in groups:
         value = value - pl.duration(minutes=_offset_minutes(field("tz")))
     return applies, pl.when(applies & valid).then(value)

@@ -1,8 +1,10 @@
 """Gate 1 inference: the plan for every table and column, decided from the values.
 
 Each table is pulled into Python once (`values.read_rows`), every column is reduced to its distinct
-raw values with counts, and candidate plans are measured by running `convert.convert_column` (the
-same code the cleaner executes) on those distinct values. A typed candidate wins when it converts
+raw values with counts, and candidate plans are measured by running the conversion the cleaner
+executes (`convert.convert_fields`, behind `convert_column`) on those distinct values; what every
+column needs (screens, text conversion, evidence) is measured over all columns of a table at once.
+A typed candidate wins when it converts
 at least `min_typed_confidence` of the non-null values, or more than `min_declared_confidence` (a majority)
 when it is the type the column was declared with: the declared schema is the author's intent, and
 the values it cannot hold are defects for the cleaner's quarantine and the gates. Otherwise the
@@ -16,7 +18,8 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
@@ -29,7 +32,7 @@ from servicedesk_etl.profiling.convert import (
     TARGET_FAMILY,
     TEXT_FORMAT_IDS,
     ConvertedColumn,
-    convert_column,
+    convert_fields,
 )
 from servicedesk_etl.profiling.dates import (
     DATE_FORMATS,
@@ -42,7 +45,7 @@ from servicedesk_etl.profiling.dates import (
 from servicedesk_etl.profiling.identifiers import pg_names
 from servicedesk_etl.profiling.numbers import BOOLEAN_FORMATS, NUMBER_FORMATS, read_boolean, read_number
 from servicedesk_etl.profiling.plan import ColumnPlan, ColumnProfile, Conversion, FormatEvidence, Plan, TablePlan
-from servicedesk_etl.profiling.values import ROWID, RowSample, read_rows
+from servicedesk_etl.profiling.values import ROWID, STORAGE_CLASSES, RowSample, read_rows
 from servicedesk_etl.sqlite_source import (
     SourceColumn,
     file_sha256,
@@ -72,6 +75,11 @@ NUMERIC_DATE_FORMATS = tuple(NUMERIC_DATE_RANGES)
 TEXT_NUMBER_FORMATS = frozenset(NUMBER_FORMATS) - {"integer", "real"}
 INTEGER_FORMATS = ("integer", "real", "int_text", "decimal_text", "thousands_comma")
 SUCCESS = ("kept", "converted")
+# Queries over one column's distinct values: the in-memory engine starts in a fraction of the time
+# of the default one, which dominates on the small frames most columns have.
+ENGINE = "in-memory"
+# Distinct values few enough to take every format's shape at once rather than one format at a time.
+FEW_VALUES = 2_000
 # Cells read at once while profiling a table (about 60 bytes each as raw values): bounds memory.
 CELLS_PER_READ = 6_000_000
 
@@ -90,17 +98,31 @@ class ProfileSettings:
     invalid_utf8: str = "cp1252"
 
 
-def profile_database(path: Path, settings: ProfileSettings = ProfileSettings(),
-                     progress: Callable[[str, int, int], None] | None = None) -> Plan:
+TableFrameHook = Callable[[str, pl.DataFrame], None]
+
+
+def profile_database(
+    path: Path,
+    settings: ProfileSettings = ProfileSettings(),
+    progress: Callable[[str, int, int], None] | None = None,
+    on_table: TableFrameHook | None = None,
+) -> Plan:
     """The plan for the SQLite file at `path`, opened read-only.
 
-    `progress(table, rows_done, rows_total)` is called as each table is finished.
+    `progress(table, rows_done, rows_total)` is called as each table is finished. `on_table(table,
+    raw)` is called once per table that is not sampled, with the table's whole raw frame exactly as
+    `values.read_rows(conn, table)` returns it, right after it is read (so callers need not read it again).
     """
     conn = open_readonly(path)
+    # The checksum is computed on a thread while the tables are profiled (hashing releases the GIL).
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksum")
+    checksum = pool.submit(file_sha256, path)
+    pool.shutdown(wait=False)
     try:
-        return profile_connection(conn, str(path), file_sha256(path), settings, progress)
+        plan = profile_connection(conn, str(path), "", settings, progress, on_table)
     finally:
         conn.close()
+    return dataclasses.replace(plan, source_sha256=checksum.result())
 
 
 def profile_connection(
@@ -109,8 +131,9 @@ def profile_connection(
     source_sha256: str,
     settings: ProfileSettings = ProfileSettings(),
     progress: Callable[[str, int, int], None] | None = None,
+    on_table: TableFrameHook | None = None,
 ) -> Plan:
-    """The plan for every user table of an open (read-only) connection."""
+    """The plan for every user table of an open (read-only) connection (`on_table` as in `profile_database`)."""
     tables = list_tables(conn)
     table_names = pg_names(tables, columns=False)
     for mapping in table_names:
@@ -118,7 +141,7 @@ def profile_connection(
             log.warning("table %s: %s", mapping.original, mapping.note)
     plans = []
     for mapping in table_names:
-        plans.append(profile_table(conn, mapping.original, mapping.pg_name, settings))
+        plans.append(profile_table(conn, mapping.original, mapping.pg_name, settings, on_table))
         if progress is not None:
             progress(mapping.original, plans[-1].row_count, plans[-1].row_count)
     return Plan(
@@ -135,7 +158,13 @@ def _json_ready(settings: dict[str, object]) -> dict[str, object]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
-def profile_table(conn: sqlite3.Connection, table: str, pg_name: str, settings: ProfileSettings) -> TablePlan:
+def profile_table(
+    conn: sqlite3.Connection,
+    table: str,
+    pg_name: str,
+    settings: ProfileSettings,
+    on_table: TableFrameHook | None = None,
+) -> TablePlan:
     columns = table_columns(conn, table)
     total = row_count(conn, table)
     sampled = total > settings.sample_above_rows
@@ -145,13 +174,14 @@ def profile_table(conn: sqlite3.Connection, table: str, pg_name: str, settings: 
         log.info("table %s: %d rows, profiling a seeded sample of about %d", table, total, settings.sample_rows)
     names = dict(zip(columns, pg_names([column.name for column in columns])))
     rows = min(total, settings.sample_rows) if sampled else total
-    whole = None if sampled or rows * len(columns) > CELLS_PER_READ else read_rows(conn, table, [c.name for c in columns])
+    in_one_read = on_table is not None or rows * len(columns) <= CELLS_PER_READ
+    whole = read_rows(conn, table) if in_one_read and not sampled else None
+    if whole is not None and on_table is not None:
+        on_table(table, whole)
     raws = ((c, whole[c.name]) for c in columns) if whole is not None else _raw_columns(conn, table, columns, sample, rows)
     plans = []
-    for column, raw in raws:
+    for column, plan in zip(columns, plan_columns(((c, raw, names[c].pg_name) for c, raw in raws), settings)):
         mapping = names[column]
-        plan = plan_column(column, raw, mapping.pg_name, settings)
-        del raw
         if sampled:
             plan = _with_full_table_counts(plan, total, full_counts[column.name])
             plan = dataclasses.replace(plan, unique=plan.unique and _unique_in_table(conn, table, column.name))
@@ -161,7 +191,7 @@ def profile_table(conn: sqlite3.Connection, table: str, pg_name: str, settings: 
         plans.append(plan)
     repeated_rows: RepeatedRows | None = None
     if whole is not None:
-        repeated_rows = partial(_repeated_in_frame, whole)
+        repeated_rows = partial(_repeated_in_frame, whole, cache(lambda key: whole[key].is_duplicated()))
     elif not sampled:
         few = {plan.name for plan in plans if (plan.profile.rows - plan.profile.distinct_values) * 2 <= plan.profile.rows}
         repeated_rows = partial(_repeated_in_table, conn, table, cache(partial(_repeated_rowids, conn, table)), few)
@@ -197,9 +227,12 @@ def _raw_columns(
 RepeatedRows = Callable[[str, Sequence[str]], pl.DataFrame]
 
 
-def _repeated_in_frame(frame: pl.DataFrame, key: str, others: Sequence[str]) -> pl.DataFrame:
-    """Columns `key` and `others` of the rows whose `key` value repeats, from a table in memory."""
-    return frame.filter(frame[key].is_duplicated()).select(key, *others)
+def _repeated_in_frame(
+    frame: pl.DataFrame, repeats: Callable[[str], pl.Series], key: str, others: Sequence[str]
+) -> pl.DataFrame:
+    """Columns `key` and `others` of the rows whose `key` value repeats, from a table in memory
+    (`repeats(key)` is the mask of those rows)."""
+    return frame.select(key, *others).filter(repeats(key))
 
 
 def _repeated_rowids(conn: sqlite3.Connection, table: str, key: str) -> pl.Series:
@@ -259,29 +292,137 @@ class _Candidate:
 
 def plan_column(source: SourceColumn, raw: pl.Series, pg_name: str, settings: ProfileSettings) -> ColumnPlan:
     """The plan for one column from its raw values (every row, or a sample of rows)."""
-    distinct = pl.DataFrame({"v": raw}).group_by("v", maintain_order=True).len().rename({"len": "n"})
-    values = distinct["v"].struct.unnest().with_columns(
-        n=distinct["n"].cast(pl.Int64), t=pl.col("s").str.strip_chars()
-    )
-    stub = ColumnPlan(source.name, pg_name, source.declared_type, "text", Conversion(), 1.0)
-    candidate, reason = _choose(source, values, settings)
-    plan = dataclasses.replace(stub, target_type=candidate.target, conversion=candidate.conversion, reason=reason)
-    converted = candidate.result if candidate.result is not None else convert_column(distinct["v"], plan)
-    profile = _profile(values, converted, settings)
-    attempted = profile.convertible + profile.unconvertible
-    confidence = profile.convertible / attempted if attempted else 1.0
-    return dataclasses.replace(plan, confidence=confidence, profile=profile, unique=_unique(values, converted))
+    return plan_columns([(source, raw, pg_name)], settings)[0]
 
 
-def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSettings) -> tuple[_Candidate, str]:
-    """The target type and conversion, with the reason a person can check."""
-    date_named = bool(DATE_NAME.search(source.name) or DATE_DECLARED.search(source.declared_type)) and not _id_like(
-        source.name
+def plan_columns(
+    columns: Iterable[tuple[SourceColumn, pl.Series, str]], settings: ProfileSettings
+) -> list[ColumnPlan]:
+    """The plans of a table's columns from (source column, raw values, PostgreSQL name).
+
+    Each column is reduced to its distinct values as it comes (its raw values can be dropped then);
+    the screens, the text conversions and the evidence every column needs are then measured once
+    over the distinct values of all columns, stacked, instead of in many small queries per column.
+    """
+    sources: list[SourceColumn] = []
+    pg_names_: list[str] = []
+    distinct: list[pl.DataFrame] = []
+    for source, raw, pg_name in columns:
+        sources.append(source)
+        pg_names_.append(pg_name)
+        distinct.append(_distinct(raw))
+        del raw
+    if not sources:
+        return []
+    date_named = [_date_named(source) for source in sources]
+    flagged, sums = _screened_columns(distinct, date_named, settings)
+    offsets = _offsets(distinct)
+    plans: list[ColumnPlan] = []
+    results: list[ConvertedColumn | None] = []
+    for k, source in enumerate(sources):
+        flagged_k = flagged.slice(offsets[k], distinct[k].height)
+        candidate, reason = _choose(source, distinct[k], flagged_k, sums[k], date_named[k], settings)
+        stub = ColumnPlan(source.name, pg_names_[k], source.declared_type, "text", Conversion(), 1.0)
+        plans.append(
+            dataclasses.replace(stub, target_type=candidate.target, conversion=candidate.conversion, reason=reason)
+        )
+        results.append(candidate.result)
+    converted = _converted(distinct, plans, results)
+    profiled = _profiles(distinct, converted, settings)
+    finished = []
+    for plan, (profile, unique) in zip(plans, profiled):
+        attempted = profile.convertible + profile.unconvertible
+        confidence = profile.convertible / attempted if attempted else 1.0
+        finished.append(dataclasses.replace(plan, confidence=confidence, profile=profile, unique=unique))
+    return finished
+
+
+def _date_named(source: SourceColumn) -> bool:
+    named = bool(DATE_NAME.search(source.name) or DATE_DECLARED.search(source.declared_type))
+    return named and not _id_like(source.name)
+
+
+def _offsets(frames: Sequence[pl.DataFrame]) -> list[int]:
+    offsets = [0]
+    for frame in frames[:-1]:
+        offsets.append(offsets[-1] + frame.height)
+    return offsets
+
+
+def _stacked(frames: Sequence[pl.DataFrame], **per_frame: Sequence[object]) -> pl.DataFrame:
+    """The frames one under the other, with `col` (the frame's position) and one column per keyword."""
+    return pl.concat(
+        [
+            frame.with_columns(
+                pl.lit(k, pl.Int32).alias("col"),
+                *[pl.lit(values[k]).alias(name) for name, values in per_frame.items()],
+            )
+            for k, frame in enumerate(frames)
+        ],
+        how="vertical",
     )
-    flagged = _screened(values, settings, date_named)
-    sums = flagged.select(
-        [pl.col("n").filter(pl.col(flag)).sum().alias(flag) for flag in _SCREENS]
-    ).row(0, named=True)
+
+
+def _per_column(frame: pl.DataFrame, columns: int, empty: dict[str, object]) -> list[dict[str, object]]:
+    """The rows of a per-`col` aggregate as one dict per column (`empty` for a column without values)."""
+    rows = {row["col"]: row for row in frame.iter_rows(named=True)}
+    return [rows.get(k, empty) for k in range(columns)]
+
+
+def _converted(
+    distinct: Sequence[pl.DataFrame], plans: Sequence[ColumnPlan], results: Sequence[ConvertedColumn | None]
+) -> list[ConvertedColumn]:
+    """Each column's values converted per its plan: the winning candidate's result where there is
+    one, else one conversion run over all columns that share a plan's target and conversion."""
+    converted = {k: result for k, result in enumerate(results) if result is not None}
+    pending: dict[tuple[str, Conversion], list[int]] = {}
+    for k, plan in enumerate(plans):
+        if k not in converted:
+            pending.setdefault((plan.target_type, plan.conversion), []).append(k)
+    for positions in pending.values():
+        frames = [distinct[k] for k in positions]
+        together = convert_fields(pl.concat(frames, how="vertical"), plans[positions[0]])
+        for k, offset in zip(positions, _offsets(frames)):
+            height = distinct[k].height
+            converted[k] = ConvertedColumn(
+                values=together.values.slice(offset, height).alias(plans[k].name),
+                outcome=together.outcome.slice(offset, height),
+                operation=together.operation.slice(offset, height),
+                reason=together.reason.slice(offset, height),
+            )
+    return [converted[k] for k in range(len(plans))]
+
+
+def _distinct(raw: pl.Series) -> pl.DataFrame:
+    """Each distinct raw value once (fields `storage`, `i`, `r`, `s`, `b`), in order of first appearance,
+    with its count `n` and its stripped text `t`.
+
+    Grouping by the value fields a column uses is much cheaper than by the whole Struct; `storage`
+    joins the key only where those fields alone cannot tell two storage classes apart.
+    """
+    fields = raw.struct.unnest()
+    key = [name for name in ("i", "r", "s", "b") if fields[name].null_count() < fields.height]
+    if key not in (["i"], ["r"], ["s"]):
+        key = ["storage", *key]
+    return (
+        fields.group_by(key, maintain_order=True)
+        .agg(pl.all().first(), n=pl.len().cast(pl.Int64))
+        .select("storage", "i", "r", "s", "b", "n", t=pl.col("s").str.strip_chars())
+    )
+
+
+def _choose(
+    source: SourceColumn,
+    values: pl.DataFrame,
+    flagged: pl.DataFrame,
+    sums: dict[str, object],
+    date_named: bool,
+    settings: ProfileSettings,
+) -> tuple[_Candidate, str]:
+    """The target type and conversion, with the reason a person can check.
+
+    `flagged` is `values` with the screens of `_screened_columns`, `sums` their totals.
+    """
     total = sums["eligible"] or 0
     declared = source.declared_type or "no declared type"
     if total == 0:
@@ -299,17 +440,23 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
     if sums["worded"] >= enough:
         typed += _boolean_candidates(source, flagged.filter(pl.col("worded")), values, settings)
     if sums["shaped"] >= enough:
-        dates = (
-            _date_candidates(source, flagged.filter(pl.col("separated")), values, settings, date_named)
-            if sums["separated"]
-            else []
-        )
-        shaped = flagged.filter(pl.col("shaped"))
-        codes = _has_leading_zeros(shaped) or bool(CODE_NAME.search(source.name))
-        numbers = [] if codes else _number_candidates(source, shaped, values, settings)
-        typed += dates + numbers if date_named else numbers + dates
-    eligible = flagged.filter(pl.col("eligible"))
-    storages = _storage_summary(eligible)
+
+        def dates() -> list[_Candidate]:
+            if not sums["separated"]:
+                return []
+            return _date_candidates(source, flagged.filter(pl.col("separated")), values, settings, date_named)
+
+        def numbers() -> list[_Candidate]:
+            shaped = flagged.filter(pl.col("shaped"))
+            codes = _has_leading_zeros(shaped) or bool(CODE_NAME.search(source.name))
+            return [] if codes else _number_candidates(source, shaped, values, settings)
+
+        for candidates in (dates, numbers) if date_named else (numbers, dates):
+            # A candidate converting every value cannot be beaten: a later one could only tie, and
+            # the earlier one wins ties.
+            if not any(candidate.confidence == 1.0 for candidate in typed):
+                typed += candidates()
+    storages = _storage_summary(sums)
     best = max(typed, key=lambda c: c.confidence) if typed else None
     accepted = [c for c in typed if _clears_bar(c, declared_target, settings)]
     if accepted:
@@ -321,7 +468,7 @@ def _choose(source: SourceColumn, values: pl.DataFrame, settings: ProfileSetting
                 f"({', '.join(repr(value) for value in chosen.counterexamples)}) go to the quarantine"
             )
         return chosen, f"{reason}; {chosen.note}" if chosen.note else reason
-    text = _Candidate("text", _conversion("text", TEXT_FORMAT_IDS, settings, eligible), total, 0)
+    text = _Candidate("text", _conversion("text", TEXT_FORMAT_IDS, settings, crlf=bool(sums["crlf"])), total, 0)
     if best is None:
         plausible = max(sums["worded"], sums["shaped"])
         return text, (
@@ -359,8 +506,11 @@ _SCREENS = ("eligible", "blob", "worded", "shaped", "separated")
 _BOOLEAN_WORDS = [word for spec in BOOLEAN_FORMATS.values() for word in (spec.true_text, spec.false_text)]
 
 
-def _screened(values: pl.DataFrame, settings: ProfileSettings, date_named: bool) -> pl.DataFrame:
-    """Flags for cheap screens: which values are worth probing as booleans, numbers or dates.
+def _screened_columns(
+    distinct: Sequence[pl.DataFrame], date_named: Sequence[bool], settings: ProfileSettings
+) -> tuple[pl.DataFrame, list[dict[str, object]]]:
+    """Flags for cheap screens over every column's distinct values (stacked, with `col`), and their
+    totals per column: which values are worth probing as booleans, numbers or dates.
 
     Candidates are still measured on every value; the screens only decide what to probe for
     formats and skip probing when too few values could possibly convert.
@@ -368,13 +518,32 @@ def _screened(values: pl.DataFrame, settings: ProfileSettings, date_named: bool)
     not_text = pl.col("storage") != "text"
     eligible = (pl.col("storage") != "null") & ~_marker_expression(settings.null_markers)
     digits = pl.col("t").str.contains(NUMBER_OR_DATE_SHAPE) & pl.col("t").str.contains(r"\d")
-    return values.with_columns(eligible=eligible).with_columns(
-        blob=pl.col("eligible") & (pl.col("storage") == "blob"),
-        worded=pl.col("eligible") & (not_text | pl.col("t").str.to_lowercase().is_in(_BOOLEAN_WORDS)).fill_null(False),
-        shaped=pl.col("eligible") & (not_text | digits).fill_null(False),
-    ).with_columns(
-        separated=pl.col("shaped") & (pl.col("t").str.contains(r"[/:\-]") | (pl.lit(date_named) & not_text)).fill_null(False),
+    shaped = eligible & (not_text | digits).fill_null(False)
+    separated = shaped & (pl.col("t").str.contains(r"[/:\-]") | (pl.col("date_named") & not_text)).fill_null(False)
+    flagged = _stacked(distinct, date_named=date_named).lazy().with_columns(
+        eligible=eligible,
+        blob=eligible & (pl.col("storage") == "blob"),
+        worded=eligible & (not_text | pl.col("t").str.to_lowercase().is_in(_BOOLEAN_WORDS)).fill_null(False),
+        shaped=shaped,
+        separated=separated,
     )
+    screened, sums = pl.collect_all(
+        [flagged, flagged.group_by("col").agg(_screen_sums())], engine=ENGINE
+    )
+    empty = {flag: 0 for flag in (*_SCREENS, "crlf", *[f"n_{storage}" for storage in STORAGE_CLASSES])}
+    return screened, _per_column(sums, len(distinct), empty)
+
+
+def _screen_sums() -> list[pl.Expr]:
+    """Over the screened values: rows per screen, per storage class (with the position of its first
+    distinct value) among eligible values, and eligible rows holding CRLF."""
+    n, eligible = pl.col("n"), pl.col("eligible")
+    per_storage = []
+    for storage in STORAGE_CLASSES:
+        mask = eligible & (pl.col("storage") == storage)
+        per_storage += [n.filter(mask).sum().alias(f"n_{storage}"), mask.arg_max().alias(f"first_{storage}")]
+    crlf = n.filter(eligible & pl.col("s").str.contains("\r\n", literal=True).fill_null(False)).sum()
+    return [*[n.filter(pl.col(flag)).sum().alias(flag) for flag in _SCREENS], *per_storage, crlf.alias("crlf")]
 
 
 def _boolean_candidates(
@@ -437,16 +606,23 @@ def _date_candidates(
 
 def _day_first(values: pl.DataFrame, default: bool) -> tuple[bool | None, bool, str]:
     """Day-first or month-first from evidence: a first field > 12 proves day-first, a second > 12 month-first."""
-    fields = values.filter(pl.col("storage") == "text").select(
-        first=pl.col("t").str.extract(ORDER_AMBIGUOUS_SHAPE, 1).cast(pl.Int32, strict=False),
-        second=pl.col("t").str.extract(ORDER_AMBIGUOUS_SHAPE, 2).cast(pl.Int32, strict=False),
-        n=pl.col("n"),
-    ).filter(pl.col("first").is_not_null())
-    if fields.height == 0:
+    parts = pl.col("t").str.extract_groups(ORDER_AMBIGUOUS_SHAPE)
+    first = parts.struct.field("1").cast(pl.Int32, strict=False)
+    second = parts.struct.field("2").cast(pl.Int32, strict=False)
+    n, shaped = pl.col("n"), first.is_not_null()
+    day_proof, month_proof, ambiguous = (
+        values.lazy()
+        .filter(pl.col("storage") == "text")
+        .select(
+            day=n.filter(shaped & (first > 12)).sum(),
+            month=n.filter(shaped & (second > 12)).sum(),
+            ambiguous=n.filter(shaped).sum(),
+        )
+        .collect(engine=ENGINE)
+        .row(0)
+    )
+    if not ambiguous:
         return None, False, ""
-    day_proof = int(fields.filter(pl.col("first") > 12)["n"].sum())
-    month_proof = int(fields.filter(pl.col("second") > 12)["n"].sum())
-    ambiguous = int(fields["n"].sum())
     if day_proof and not month_proof:
         return True, False, f"day-first proven by {day_proof} value(s) with a first field above 12"
     if month_proof and not day_proof:
@@ -465,22 +641,41 @@ def _day_first(values: pl.DataFrame, default: bool) -> tuple[bool | None, bool, 
 
 
 def _formats_seen(target: str, formats: tuple[str, ...], values: pl.DataFrame) -> tuple[str, ...]:
-    """The formats (in registry order) whose shape at least one of the values has.
+    """The formats (in registry order) whose shape at least one of the values has, among the values
+    no earlier format matched.
 
-    Each format is tried only on the values no earlier format matched, so the common format pays
-    for one pass and the rare ones run on what is left.
+    On many values each format is tried only on what earlier ones left, so the common format pays
+    for one pass and the rare ones run on the rest; on few values every shape is taken in one query.
     """
-    family = TARGET_FAMILY[target]
+    shape_of = partial(_shape, TARGET_FAMILY[target])
+    if values.height <= FEW_VALUES:
+        shapes = values.lazy().select(
+            [shape_of(format_id).alias(str(k)) for k, format_id in enumerate(formats)]
+        ).collect(engine=ENGINE)
+        left = pl.repeat(True, values.height, eager=True)
+        seen = []
+        for k, format_id in enumerate(formats):
+            matched = shapes[str(k)] & left
+            if bool(matched.any()):
+                seen.append(format_id)
+                left = left & ~shapes[str(k)]
+        return tuple(seen)
     remaining = values
     seen = []
     for format_id in formats:
         if remaining.height == 0:
             break
-        shape = remaining.select(_SHAPE_READERS[family](format_id).fill_null(False)).to_series()
+        shape = remaining.select(shape_of(format_id)).to_series()
         if bool(shape.any()):
             seen.append(format_id)
             remaining = remaining.filter(~shape)
     return tuple(seen)
+
+
+@cache
+def _shape(family: str, format_id: str) -> pl.Expr:
+    """Whether a value has the format's shape (the expression is built once per format)."""
+    return _SHAPE_READERS[family](format_id).fill_null(False)
 
 
 _SHAPE_READERS = {
@@ -493,18 +688,21 @@ _SHAPE_READERS = {
 def _measure(target: str, conversion: Conversion, values: pl.DataFrame, note: str = "") -> _Candidate:
     """Run the candidate plan on every distinct value; the result is reused if the candidate wins."""
     plan = ColumnPlan("probe", "probe", "", target, conversion, 1.0)
-    result = convert_column(_raw(values), plan)
-    succeeded = result.outcome.is_in(SUCCESS)
-    failed = result.outcome == "failed"
-    failing = values.filter(failed).sort("n", descending=True).head(5)
+    result = convert_fields(values, plan)
+    frame = values.with_columns(outcome=result.outcome)
+    n, failed = pl.col("n"), pl.col("outcome") == "failed"
+    convertible, unconvertible = frame.select(
+        convertible=n.filter(pl.col("outcome").is_in(SUCCESS)).sum(), unconvertible=n.filter(failed).sum()
+    ).row(0)
+    failing = frame.filter(failed).sort("n", descending=True).head(5).select(_shown()) if unconvertible else None
     return _Candidate(
         target,
         conversion,
-        int(values["n"].filter(succeeded).sum()),
-        int(values["n"].filter(failed).sum()),
+        int(convertible),
+        int(unconvertible),
         note,
         result,
-        tuple(_display(_raw(failing))) if failing.height else (),
+        tuple(failing["shown"].to_list()) if failing is not None else (),
     )
 
 
@@ -512,17 +710,15 @@ def _conversion(
     target: str,
     formats: Sequence[str],
     settings: ProfileSettings,
-    values: pl.DataFrame | None = None,
+    crlf: bool = False,
     **fields: object,
 ) -> Conversion:
+    """The conversion for a target; for text, `crlf` tells whether any value holds CRLF."""
     if target == "text":
-        newlines = values is not None and int(
-            values.filter(pl.col("s").str.contains("\r\n", literal=True))["n"].sum()
-        ) > 0
         return Conversion(
             formats=tuple(formats),
             strip_nul=True,
-            normalize_newlines=settings.normalize_newlines and newlines,
+            normalize_newlines=settings.normalize_newlines and crlf,
             invalid_utf8=settings.invalid_utf8,
         )
     if target == "bytea":
@@ -583,86 +779,84 @@ def _marker_expression(markers: Sequence[str]) -> pl.Expr:
     return mask.fill_null(False)
 
 
-def _raw(values: pl.DataFrame) -> pl.Series:
-    return values.select(pl.struct("storage", "i", "r", "s", "b").alias("v")).to_series()
-
-
-def _storage_summary(values: pl.DataFrame) -> str:
-    counts = values.group_by("storage").agg(pl.col("n").sum()).sort("n", descending=True)
-    return ", ".join(f"{n} {storage}" for storage, n in counts.iter_rows())
+def _storage_summary(sums: dict[str, object]) -> str:
+    """Eligible rows per storage class, largest first; ties in order of first appearance."""
+    present = [storage for storage in STORAGE_CLASSES if sums[f"n_{storage}"]]
+    ordered = sorted(present, key=lambda storage: (-sums[f"n_{storage}"], sums[f"first_{storage}"]))
+    return ", ".join(f"{sums[f'n_{storage}']} {storage}" for storage in ordered)
 
 
 # --- the evidence -------------------------------------------------------------------------------
 
 
-def _profile(values: pl.DataFrame, converted: ConvertedColumn, settings: ProfileSettings) -> ColumnProfile:
-    frame = values.with_columns(outcome=converted.outcome, operation=converted.operation)
-    n, s, t = pl.col("n"), pl.col("s"), pl.col("t")
-    text = (pl.col("storage") == "text") & s.is_not_null()
-    succeeded = pl.col("outcome").is_in(SUCCESS)
-    failed = pl.col("outcome") == "failed"
+def _profiles(
+    distinct: Sequence[pl.DataFrame], converted: Sequence[ConvertedColumn], settings: ProfileSettings
+) -> list[tuple[ColumnProfile, bool]]:
+    """The evidence behind each column's plan, and whether its converted values are unique."""
+    n = pl.col("n")
+    outcomes = [
+        frame.with_columns(outcome=result.outcome, operation=result.operation)
+        for frame, result in zip(distinct, converted)
+    ]
     named = [marker for marker in settings.null_markers if marker.strip()]
-    counts = frame.select(
-        n.sum().alias("rows"),
-        n.filter(pl.col("storage") == "null").sum().alias("nulls"),
-        n.filter(text & (s == "")).sum().alias("empty"),
-        n.filter(text & (s != "") & (t == "")).sum().alias("whitespace"),
-        (pl.col("storage") != "null").sum().alias("distinct"),
-        n.filter(succeeded).sum().alias("convertible"),
-        n.filter(failed).sum().alias("unconvertible"),
-        s.filter(text).str.len_chars().max().alias("max_length"),
-        n.filter(text & s.str.contains("\x00", literal=True)).sum().alias("nul"),
-        n.filter(text & s.str.contains("\r\n", literal=True)).sum().alias("crlf"),
-        n.filter((pl.col("storage") == "text") & s.is_null() & pl.col("b").is_not_null()).sum().alias("invalid"),
-        *[
-            n.filter(text & (t.str.to_lowercase() == marker.strip().lower())).sum().alias(f"marker{k}")
-            for k, marker in enumerate(named)
-        ],
-    ).row(0, named=True)
-    evidence = (
-        frame.filter(succeeded)
-        .group_by("operation", maintain_order=True)
-        .agg(n.sum(), pl.struct("storage", "i", "r", "s", "b").first().alias("example"))
-        .sort(["n", "operation"], descending=[True, False])
-    )
-    worst = frame.filter(failed).sort("n", descending=True).head(settings.max_counterexamples)
-    storages = frame.group_by("storage").agg(n.sum())
-    return ColumnProfile(
-        rows=counts["rows"] or 0,
-        nulls=counts["nulls"] or 0,
-        empty_strings=counts["empty"] or 0,
-        whitespace_only=counts["whitespace"] or 0,
-        null_markers={marker: counts[f"marker{k}"] for k, marker in enumerate(named) if counts[f"marker{k}"]},
-        storage_classes={storage: int(total) for storage, total in storages.iter_rows()},
-        distinct_values=counts["distinct"] or 0,
-        formats=tuple(
-            FormatEvidence(operation, int(total), example)
-            for (operation, total), example in zip(
-                evidence.select("operation", "n").iter_rows(), _display(evidence["example"])
-            )
-        ),
-        convertible=counts["convertible"] or 0,
-        unconvertible=counts["unconvertible"] or 0,
-        counterexamples=tuple(_display(_raw(worst))) if worst.height else (),
-        max_length=counts["max_length"] or 0,
-        nul_bytes=counts["nul"] or 0,
-        crlf=counts["crlf"] or 0,
-        invalid_utf8=counts["invalid"] or 0,
-    )
+    # Lowercase only text short enough to be a marker: lowercasing never shortens a string.
+    longest = max((len(marker.strip().lower()) for marker in named), default=0)
+    lowered = pl.when(pl.col("t").str.len_chars() <= longest).then(pl.col("t").str.to_lowercase())
+    frame = _stacked(outcomes).lazy().with_columns(lowered=lowered)
+    counts, evidence = pl.collect_all([
+        frame.group_by("col").agg(_profile_counts(named)),
+        frame.filter(pl.col("outcome").is_in(SUCCESS))
+        .group_by("col", "operation", maintain_order=True)
+        .agg(n.sum(), _shown().first())
+        .sort(["col", "n", "operation"], descending=[False, True, False]),
+    ], engine=ENGINE)
+    formats: dict[int, list[FormatEvidence]] = {}
+    for k, operation, total, example in evidence.iter_rows():
+        formats.setdefault(k, []).append(FormatEvidence(operation, int(total), example))
+    rows = _per_column(counts, len(distinct), {})
+    return [
+        _profile(row, tuple(formats.get(k, ())), outcomes[k], converted[k], named, settings)
+        for k, row in enumerate(rows)
+    ]
 
 
-def _display(raw: pl.Series) -> list[str]:
-    """Raw values as short strings for reports: text as is, numbers as written, bytes as hex."""
-    frame = raw.struct.unnest()
-    shown = frame.select(
-        pl.coalesce(
-            pl.col("s"),
-            pl.col("i").cast(pl.String),
-            pl.col("r").cast(pl.String),
-            pl.lit("\\x") + pl.col("b").bin.encode("hex"),
-        ).str.slice(0, 200)
-    ).to_series()
-    return [value if value is not None else "NULL" for value in shown.to_list()]
+def _profile(
+    row: dict[str, object],
+    formats: tuple[FormatEvidence, ...],
+    values: pl.DataFrame,
+    converted: ConvertedColumn,
+    named: Sequence[str],
+    settings: ProfileSettings,
+) -> tuple[ColumnProfile, bool]:
+    """One column's profile from its aggregates; counterexamples and uniqueness only where they can exist."""
+    storages = [storage for storage in STORAGE_CLASSES if row.get(f"n_{storage}")]
+    unconvertible = row.get("unconvertible") or 0
+    worst = (
+        values.filter(pl.col("outcome") == "failed").sort("n", descending=True).head(settings.max_counterexamples)
+        if unconvertible
+        else values.clear()
+    )
+    could_be_unique = bool(row.get("present")) and bool(row.get("single"))
+    profile = ColumnProfile(
+        rows=row.get("rows") or 0,
+        nulls=row.get("nulls") or 0,
+        empty_strings=row.get("empty") or 0,
+        whitespace_only=row.get("whitespace") or 0,
+        null_markers={marker: row[f"marker{k}"] for k, marker in enumerate(named) if row.get(f"marker{k}")},
+        storage_classes={
+            storage: int(row[f"n_{storage}"]) for storage in sorted(storages, key=lambda c: row[f"first_{c}"])
+        },
+        distinct_values=row.get("distinct") or 0,
+        formats=formats,
+        convertible=row.get("convertible") or 0,
+        unconvertible=unconvertible,
+        counterexamples=tuple(worst.select(_shown())["shown"].to_list()),
+        max_length=row.get("max_length") or 0,
+        nul_bytes=row.get("nul") or 0,
+        crlf=row.get("crlf") or 0,
+        invalid_utf8=row.get("invalid") or 0,
+    )
+    return profile, could_be_unique and _unique(values, converted)
 
 
 def _unique(values: pl.DataFrame, converted: ConvertedColumn) -> bool:
@@ -671,6 +865,51 @@ def _unique(values: pl.DataFrame, converted: ConvertedColumn) -> bool:
         return False
     return bool((values["n"].filter(present) == 1).all()) and converted.values.filter(present).n_unique() == int(
         present.sum()
+    )
+
+
+def _profile_counts(named: Sequence[str]) -> list[pl.Expr]:
+    n, s, t, storage = pl.col("n"), pl.col("s"), pl.col("t"), pl.col("storage")
+    text = (storage == "text") & s.is_not_null()
+    # A value is converted (not null) exactly when its outcome is a success.
+    present = pl.col("outcome").is_in(SUCCESS)
+    per_storage = []
+    for kind in STORAGE_CLASSES:
+        per_storage += [n.filter(storage == kind).sum().alias(f"n_{kind}"), (storage == kind).arg_max().alias(f"first_{kind}")]
+    return [
+        n.sum().alias("rows"),
+        n.filter(storage == "null").sum().alias("nulls"),
+        n.filter(text & (s == "")).sum().alias("empty"),
+        n.filter(text & (s != "") & (t == "")).sum().alias("whitespace"),
+        (storage != "null").sum().alias("distinct"),
+        n.filter(pl.col("outcome").is_in(SUCCESS)).sum().alias("convertible"),
+        n.filter(pl.col("outcome") == "failed").sum().alias("unconvertible"),
+        s.filter(text).str.len_chars().max().alias("max_length"),
+        n.filter(text & s.str.contains("\x00", literal=True)).sum().alias("nul"),
+        n.filter(text & s.str.contains("\r\n", literal=True)).sum().alias("crlf"),
+        n.filter((storage == "text") & s.is_null() & pl.col("b").is_not_null()).sum().alias("invalid"),
+        *[
+            n.filter(text & (pl.col("lowered") == marker.strip().lower())).sum().alias(f"marker{k}")
+            for k, marker in enumerate(named)
+        ],
+        *per_storage,
+        present.sum().alias("present"),
+        (n.filter(present) == 1).all().alias("single"),
+    ]
+
+
+def _shown() -> pl.Expr:
+    """A raw value as a short string for reports: text as is, numbers as written, bytes as hex."""
+    return (
+        pl.coalesce(
+            pl.col("s"),
+            pl.col("i").cast(pl.String),
+            pl.col("r").cast(pl.String),
+            pl.lit("\\x") + pl.col("b").bin.encode("hex"),
+        )
+        .str.slice(0, 200)
+        .fill_null("NULL")
+        .alias("shown")
     )
 
 

@@ -81,7 +81,9 @@ def read_number(format_id: str) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     if format_id == "decimal_comma":
         applies = applies & ~text.str.contains(_THOUSANDS_SHAPE)
     canonical = _canonical(format_id, text)
-    return applies, _whole_number(canonical), canonical.cast(pl.Float64, strict=False)
+    # Text of the int_text shape is whole digits already: no need to look for a `.000` tail.
+    whole = canonical.cast(pl.Int64, strict=False) if format_id == "int_text" else _whole_number(canonical)
+    return applies, whole, canonical.cast(pl.Float64, strict=False)
 
 
 def _canonical(format_id: str, text: pl.Expr) -> pl.Expr:

@@ -8,14 +8,17 @@ is not valid UTF-8 keeps `storage == 'text'` and carries its raw bytes in `b` (w
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import polars as pl
 
-from servicedesk_etl.sqlite_source import quote_ident, table_columns
+from servicedesk_etl.sqlite_source import quote_ident, readonly_uri, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,6 @@ STORAGE_CLASSES = ("null", "integer", "real", "text", "blob")
 VALUE_FIELDS = {"integer": "i", "real": "r", "text": "s", "blob": "b"}
 FIELD_DTYPES = {"i": pl.Int64, "r": pl.Float64, "s": pl.String, "b": pl.Binary}
 RAW_DTYPE = pl.Struct({"storage": pl.String, **FIELD_DTYPES})
-_SERIES_STORAGE = {pl.Int64: "integer", pl.Float64: "real", pl.String: "text", pl.Binary: "blob"}
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 _HASH_PRIME = 1_000_000_007
 _HASH_MULTIPLIER = 2_654_435_761
@@ -149,34 +151,116 @@ def _read_plain(
 ) -> pl.DataFrame:
     """One pass with text fetched as bytes (decoded by polars, not per value in Python).
 
-    Text and blobs both arrive as bytes, and polars reads ints among floats as floats, so a cheap
-    `typeof` probe tells which byte columns are blobs and which columns mix storage classes; only
-    the mixed ones are re-read split by storage class.
+    Each batch of a column becomes one typed series, or, when the batch mixes storage classes, the
+    fields `i`, `r` and `x` (bytes) split from the fetched values. Text and blobs both arrive as
+    bytes, so a cheap probe tells which byte columns hold blobs (asked on a second connection while
+    this one reads, when the database is a file); only a column mixing blobs with text is read
+    again, split by storage class in SQL.
     """
+    any_blob = _blob_probe(conn, table, names, where, params)
     query = _select(table, [quote_ident(name) for name in names], rowid_sql, where)
     rowid_parts: list[pl.Series] = []
-    parts: dict[str, list[pl.Series | None]] = {name: [] for name in names}
-    for columns in _fetch_columns(conn, query, params, text_as_bytes=True):
-        rowid_parts.append(_rowids(columns[0], sum(map(len, rowid_parts))))
-        for name, values in zip(names, columns[1:]):
-            parts[name].append(_homogeneous(name, values))
+    parts: dict[str, list[_Batch]] = {name: [] for name in names}
+    with _no_cycle_collection():
+        for columns in _fetch_columns(conn, query, params, text_as_bytes=True):
+            rowid_parts.append(_rowids(columns[0], sum(map(len, rowid_parts))))
+            for name, values in zip(names, columns[1:]):
+                parts[name].append((len(values), _fields(values)))
+            del columns
     rowids = _concat(rowid_parts, pl.Series(ROWID, [], dtype=pl.Int64))
-    series = {name: _joined(name, parts.pop(name)) for name in names}
-    byte_columns = [name for name, values in series.items() if values is not None and values.dtype == pl.Binary]
-    reals = [name for name, values in series.items() if values is not None and values.dtype == pl.Float64]
-    blobs, mixed = _storage_probe(conn, table, byte_columns, reals, where, params)
-    mixed |= {name for name, values in series.items() if values is None}
-    raw = {}
-    for name, values in series.items():
-        if name in mixed or values is None:
-            continue
-        is_text = name in byte_columns and name not in blobs
-        raw[name] = _text_from_bytes(table, name, values) if is_text else _as_raw(name, values)
+    fields = {name: _joined_fields(parts.pop(name)) for name in names}
+    byte_columns = [name for name, found in fields.items() if "x" in found]
+    blobs, mixed = _storage_probe(conn, table, byte_columns, where, params) if byte_columns and any_blob() else (set(), set())
+    raw = {
+        name: _raw_struct(table, name, found, rowids.len(), name in blobs)
+        for name, found in fields.items()
+        if name not in mixed
+    }
     if mixed:
         split = _read_split(conn, table, [name for name in names if name in mixed], rowid_sql, where, params,
                             text_as_bytes=True)
         raw.update({name: split[name] for name in mixed})
     return pl.DataFrame([rowids, *[raw[name] for name in names]])
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector paused: the millions of row tuples a read allocates trigger it
+    again and again (a fifth of the read time), and they hold no reference cycles to collect."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _fields(values: Sequence[object]) -> dict[str, pl.Series]:
+    """A batch of one column as its non-empty value fields: `i` (Int64), `r` (Float64), `x` (bytes).
+
+    A batch of one storage class is one typed series built by polars; only a batch that mixes
+    classes (or hides integers among reals, which polars would read as floats) is split per value.
+    """
+    series = _homogeneous(values)
+    if series is not None and not (series.dtype == pl.Float64 and int in set(map(type, values))):
+        field = _FIELD_OF_DTYPE.get(series.dtype)
+        return {field: series} if field is not None else {}
+    kinds = list(map(type, values))
+    split = {
+        "i": pl.Series([v if k is int else None for v, k in zip(values, kinds)], dtype=pl.Int64),
+        "r": pl.Series([v if k is float else None for v, k in zip(values, kinds)], dtype=pl.Float64),
+        "x": pl.Series([v if k is bytes else None for v, k in zip(values, kinds)], dtype=pl.Binary),
+    }
+    return {field: values for field, values in split.items() if values.null_count() < values.len()}
+
+
+_FIELD_OF_DTYPE = {pl.Int64: "i", pl.Float64: "r", pl.Binary: "x"}
+_FIELD_DTYPE = {"i": pl.Int64, "r": pl.Float64, "x": pl.Binary}
+
+
+_Batch = tuple[int, dict[str, pl.Series]]
+
+
+def _joined_fields(parts: list[_Batch]) -> dict[str, pl.Series]:
+    """The batches of one column as whole-column fields (nulls where a batch lacks a field)."""
+    present = [field for field in _FIELD_DTYPE if any(field in found for _, found in parts)]
+    if len(parts) == 1:
+        return parts[0][1]
+    return {
+        field: pl.concat(
+            [found[field] if field in found else _nulls(rows, _FIELD_DTYPE[field]) for rows, found in parts],
+            rechunk=True,
+        )
+        for field in present
+    }
+
+
+def _nulls(rows: int, dtype: pl.DataType) -> pl.Series:
+    return pl.repeat(None, rows, dtype=dtype, eager=True)
+
+
+def _raw_struct(table: str, name: str, fields: dict[str, pl.Series], rows: int, blobs: bool) -> pl.Series:
+    """The raw Struct series of a column from its fields; bytes are blobs when `blobs`, else text."""
+    x = fields.get("x")
+    text, invalid = (None, None) if x is None or blobs else _decode_text(x)
+    if invalid is not None and invalid.null_count() < invalid.len():
+        log.info("table %s column %s holds text that is not valid UTF-8; keeping its bytes", table, name)
+    found = {"i": fields.get("i"), "r": fields.get("r"), "s": text, "b": x if blobs else invalid}
+    present = {field: values.alias(field) for field, values in found.items() if values is not None}
+    if not present:
+        present = {"b": _nulls(rows, pl.Binary).alias("b")}
+    frame = pl.DataFrame(list(present.values()))
+    storage = pl.lit("null")
+    for field, storage_class in (("b", "blob" if blobs else "text"), ("s", "text"), ("r", "real"), ("i", "integer")):
+        if field in present:
+            storage = pl.when(pl.col(field).is_not_null()).then(pl.lit(storage_class)).otherwise(storage)
+    return frame.select(
+        pl.struct(
+            storage.alias("storage"),
+            *[pl.col(field) if field in present else pl.lit(None, dtype).alias(field) for field, dtype in FIELD_DTYPES.items()],
+        ).alias(name)
+    ).to_series()
 
 
 def _fetch_columns(
@@ -194,49 +278,63 @@ def _fetch_columns(
         conn.text_factory = previous_factory
 
 
-def _joined(name: str, parts: list[pl.Series | None]) -> pl.Series | None:
-    """The batches of one column as one series, or None when they do not share one storage type."""
-    if any(part is None for part in parts):
-        return None
-    dtypes = {part.dtype for part in parts if part is not None and part.dtype != pl.Null}
-    if len(dtypes) > 1:
-        return None
-    dtype = dtypes.pop() if dtypes else pl.Null
-    return _concat([part.cast(dtype) for part in parts if part is not None], pl.Series(name, [], dtype=dtype))
-
-
 def _concat(parts: list[pl.Series], empty: pl.Series) -> pl.Series:
     if not parts:
         return empty
     return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
 
 
+def _blob_probe(
+    conn: sqlite3.Connection, table: str, names: Sequence[str], where: str, params: tuple[int, ...]
+) -> Callable[[], bool]:
+    """A call answering whether any of the columns holds a blob (usually not).
+
+    SQLite orders every blob after every other value, so `x >= x''` is true exactly for blobs: a
+    cheaper test than `typeof(x) = 'blob'`. The scan runs in SQLite without the GIL, so on a file
+    it runs on its own connection in a thread while the caller reads the rows.
+    """
+    if not names:
+        return lambda: False
+    tests = " OR ".join(f"{quote_ident(name)} >= x''" for name in names)
+    condition = f"{where} AND ({tests})" if where else f" WHERE {tests}"
+    query = f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)}{condition})"
+    database = _database_file(conn)
+    if database is None or conn.in_transaction:
+        return lambda: bool(conn.execute(query, params).fetchone()[0])
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-probe")
+    answer = pool.submit(_ask_file, database, query, params)
+    pool.shutdown(wait=False)
+    return lambda: bool(answer.result())
+
+
+def _database_file(conn: sqlite3.Connection) -> str | None:
+    """The file of the connection's main database, or None when it has none (in memory, temporary)."""
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return file or None
+    return None
+
+
+def _ask_file(database: str, query: str, params: tuple[int, ...]) -> object:
+    conn = sqlite3.connect(readonly_uri(database), uri=True)
+    try:
+        return conn.execute(query, params).fetchone()[0]
+    finally:
+        conn.close()
+
+
 def _storage_probe(
     conn: sqlite3.Connection,
     table: str,
     byte_columns: Sequence[str],
-    reals: Sequence[str],
     where: str,
     params: tuple[int, ...],
 ) -> tuple[set[str], set[str]]:
-    """(byte columns holding blobs only, columns mixing storage classes) among byte and float columns.
-
-    A first scan asks only whether any blob or any integer among reals exists (usually not); only
-    then does a second scan name the columns.
-    """
-    if not byte_columns and not reals:
-        return set(), set()
-    tests = [f"typeof({quote_ident(name)}) = 'blob'" for name in byte_columns]
-    tests += [f"typeof({quote_ident(name)}) = 'integer'" for name in reals]
-    condition = f"{where} AND ({' OR '.join(tests)})" if where else f" WHERE {' OR '.join(tests)}"
-    (found,) = conn.execute(f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)}{condition})", params).fetchone()
-    if not found:
-        return set(), set()
+    """(byte columns holding blobs only, byte columns mixing blobs with text), once a blob is known to exist."""
     probes = [
         f"max(typeof({quote_ident(name)}) = 'blob'), max(typeof({quote_ident(name)}) = 'text')"
         for name in byte_columns
     ]
-    probes += [f"max(typeof({quote_ident(name)}) = 'integer')" for name in reals]
     flags = conn.execute(f"SELECT {', '.join(probes)} FROM {quote_ident(table)}{where}", params).fetchone()
     blobs, mixed = set(), set()
     for position, name in enumerate(byte_columns):
@@ -245,27 +343,7 @@ def _storage_probe(
             mixed.add(name)
         elif has_blob:
             blobs.add(name)
-    integer_flags = flags[2 * len(byte_columns) :]
-    mixed.update(name for name, flag in zip(reals, integer_flags) if flag)
     return blobs, mixed
-
-
-def _text_from_bytes(table: str, name: str, values: pl.Series) -> pl.Series:
-    """A raw Struct series from text fetched as bytes: valid UTF-8 in `s`, any other bytes kept in `b`."""
-    text, invalid = _decode_text(values)
-    if invalid.null_count() < invalid.len():
-        log.info("table %s column %s holds text that is not valid UTF-8; keeping its bytes", table, name)
-    frame = pl.DataFrame({"s": text, "b": invalid})
-    storage = pl.when(pl.col("s").is_null() & pl.col("b").is_null()).then(pl.lit("null")).otherwise(pl.lit("text"))
-    return frame.select(
-        pl.struct(
-            storage.alias("storage"),
-            pl.lit(None, pl.Int64).alias("i"),
-            pl.lit(None, pl.Float64).alias("r"),
-            pl.col("s"),
-            pl.col("b"),
-        ).alias(name)
-    ).to_series()
 
 
 def _rowids(values: Sequence[object], before: int) -> pl.Series:
@@ -275,19 +353,11 @@ def _rowids(values: Sequence[object], before: int) -> pl.Series:
     return pl.Series(ROWID, values, dtype=pl.Int64)
 
 
-def _homogeneous(name: str, values: Sequence[object]) -> pl.Series | None:
+def _homogeneous(values: Sequence[object]) -> pl.Series | None:
     try:
-        return pl.Series(name, values, strict=True)
+        return pl.Series(values, strict=True)
     except TypeError:
         return None
-
-
-def _as_raw(name: str, values: pl.Series) -> pl.Series:
-    if values.dtype == RAW_DTYPE:
-        return values.alias(name)
-    if values.dtype == pl.Null:
-        return raw_series(name, "null", values)
-    return raw_series(name, _SERIES_STORAGE[values.dtype], values)
 
 
 def _read_split(
@@ -356,21 +426,37 @@ def _split_struct(
     ).to_series()
 
 
-def _decode_text(values: Sequence[object]) -> tuple[pl.Series, pl.Series]:
+def _decode_text(values: Sequence[object] | pl.Series) -> tuple[pl.Series, pl.Series]:
     """Text read as bytes: valid UTF-8 becomes String; the rest stays bytes (for the `b` field)."""
-    raw = pl.Series(values, dtype=pl.Binary)
+    raw = values if isinstance(values, pl.Series) else pl.Series(values, dtype=pl.Binary)
+    parts = _decoded_parts(raw)
+    if len(parts) == 1:
+        return parts[0]
+    return pl.concat([text for text, _ in parts]), pl.concat([invalid for _, invalid in parts])
+
+
+_DECODE_PER_VALUE_ROWS = 64
+
+
+def _decoded_parts(raw: pl.Series) -> list[tuple[pl.Series, pl.Series]]:
+    """(text, invalid bytes) for consecutive slices of `raw`: polars decodes a slice at once unless it
+    holds invalid UTF-8; then its halves are tried, down to a few values decoded one by one."""
     try:
-        return raw.cast(pl.String), pl.Series([None] * len(raw), dtype=pl.Binary)
+        return [(raw.cast(pl.String), _nulls(raw.len(), pl.Binary))]
     except pl.exceptions.PolarsError:
         pass
-    # Only a column that really holds invalid UTF-8 gets here; polars has no lenient decoder.
-    decoded = [_utf8_or_none(value) for value in values]
+    if raw.len() > _DECODE_PER_VALUE_ROWS:
+        half = raw.len() // 2
+        return _decoded_parts(raw.slice(0, half)) + _decoded_parts(raw.slice(half))
+    # Polars has no lenient decoder: only these few values are decoded in Python.
+    listed = raw.to_list()
+    decoded = [_utf8_or_none(value) for value in listed]
     text = pl.Series(decoded, dtype=pl.String)
     invalid = pl.Series(
-        [value if value is not None and text_value is None else None for value, text_value in zip(values, decoded)],
+        [value if value is not None and text_value is None else None for value, text_value in zip(listed, decoded)],
         dtype=pl.Binary,
     )
-    return text, invalid
+    return [(text, invalid)]
 
 
 def _utf8_or_none(value: object) -> str | None:

@@ -340,3 +340,66 @@ def test_numbers_from_text_that_differ_only_by_separator_style_agree(number):
     plain = convert_one(f"{number}", "numeric", ("decimal_text",))[0]
     comma = convert_one(f"{number}".replace(".", ","), "numeric", ("decimal_comma",))[0]
     assert plain == comma
+
+
+@pytest.mark.parametrize(
+    "value, target, expected, outcome",
+    [
+        ("2025-05-20 08:42:00", "timestamp", "2025-05-20 08:42:00", "kept"),
+        ("2025-05-20 08:42:00", "timestamptz", "2025-05-20 08:42:00+00:00", "converted"),
+        ("2024-02-29 23:59:59", "timestamp", "2024-02-29 23:59:59", "kept"),
+        ("2025-02-30 10:00:00", "timestamp", None, "failed"),
+        ("2025-13-01 10:00:00", "timestamp", None, "failed"),
+        ("2025-05-20 24:00:00", "timestamp", None, "failed"),
+        ("2025-5-20 8:42", "timestamp", "2025-05-20 08:42:00", "converted"),
+        ("2025-05-20", "date", "2025-05-20", "kept"),
+        ("2023-02-29", "date", None, "failed"),
+        ("2025-05-20", "timestamp", "2025-05-20 00:00:00", "converted"),
+    ],
+)
+def test_iso_text_already_in_canonical_form_reads_like_any_other_iso_text(value, target, expected, outcome):
+    formats = ("iso_datetime", "iso_date") if target != "date" else ("iso_date",)
+    converted, got_outcome, _, _ = convert_one(value, target, formats)
+    assert (converted, got_outcome) == (expected, outcome)
+    # Canonical and non-canonical spellings of one instant (the general reader) agree.
+    if outcome != "failed" and target != "date":
+        spelled = value.replace(" ", "T") if " " in value else value + "T00:00"
+        assert convert_one(spelled, target, formats)[0] == expected
+
+
+raw_values = st.one_of(
+    st.none(),
+    st.sampled_from([0, 1, 2, 0.0, 1.0, -0.0, 45797, 45797.5, 1747730520, 3000000.0]),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.sampled_from(["", " ", "N/A", "yes", "No", "1", "0", "2025-05-20 08:42:00", "20/05/2025 8:42", "1,234.5",
+                     "87.50%", "45797", "a\r\nb", "nul\x00byte"]),
+    st.text(max_size=8),
+    st.binary(max_size=4),
+)
+any_plan = st.sampled_from(
+    [
+        plan("timestamp", ("iso_datetime", "dmy_hm", "excel_serial"), null_markers=MARKERS, day_first=True),
+        plan("numeric", ("integer", "real", "int_text", "decimal_text", "thousands_comma", "percent"),
+             null_markers=MARKERS),
+        plan("bigint", ("integer", "real", "int_text"), null_markers=MARKERS),
+        plan("boolean", ("yes_no", "one_zero"), null_markers=MARKERS),
+        plan("text", ("text", "integer_as_text", "real_as_text", "blob_as_text"), strip_nul=True,
+             normalize_newlines=True),
+        plan("bytea", ("blob", "text_as_bytes")),
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(raw_values, min_size=1, max_size=12), column=any_plan)
+def test_a_value_converts_the_same_alone_as_among_values_of_other_storage_classes(values, column):
+    # Formats that cannot apply to the storage classes present are left out of the query; that must
+    # never change a value's result.
+    together = convert_column(raw_from_python("c", values), column)
+    for position, value in enumerate(values):
+        alone = convert_column(raw_from_python("c", [value]), column)
+        assert (
+            together.values[position], together.outcome[position], together.operation[position],
+            together.reason[position],
+        ) == (alone.values[0], alone.outcome[0], alone.operation[0], alone.reason[0])

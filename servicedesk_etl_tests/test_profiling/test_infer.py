@@ -334,3 +334,58 @@ def test_large_tables_are_sampled_but_null_counts_cover_every_row(tmp_path):
     assert column.target_type == "date"
     assert plan.column("id").unique
     assert 300 < column.profile.convertible + column.profile.unconvertible < 700
+
+
+# --- the whole-table frames handed to the caller ------------------------------------------------
+
+
+def test_each_table_read_whole_is_handed_over_once_exactly_as_read_rows_returns_it(tmp_path):
+    from servicedesk_etl.profiling.values import read_rows
+
+    path = tmp_path / "two.db"
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE a ("Ticket ID" INTEGER, note TEXT, hours)')
+    conn.executemany("INSERT INTO a VALUES (?, ?, ?)", [(n, f"n{n % 3}", n / 2 if n % 4 else "x") for n in range(50)])
+    conn.execute("CREATE TABLE b (blob BLOB)")
+    conn.executemany("INSERT INTO b VALUES (?)", [(b"\x00\x01",), (None,)])
+    conn.commit()
+    conn.close()
+    handed: list[tuple[str, object]] = []
+    profile_database(path, on_table=lambda table, raw: handed.append((table, raw)))
+    assert [table for table, _ in handed] == ["a", "b"]
+    source = open_readonly(path)
+    for table, raw in handed:
+        assert raw.equals(read_rows(source, table)), table
+
+
+def test_a_sampled_table_is_not_handed_over(tmp_path):
+    path = snapshot(tmp_path / "s.db", "CREATE TABLE t (n INTEGER)", [(n,) for n in range(500)])
+    handed: list[str] = []
+    settings = ProfileSettings(sample_above_rows=100, sample_rows=50)
+    plan = profile_database(path, settings, on_table=lambda table, raw: handed.append(table))
+    assert plan.table("t").sampled and handed == []
+
+
+def test_columns_planned_together_get_the_plans_they_get_alone(tmp_path):
+    from servicedesk_etl.profiling.infer import plan_column, plan_columns
+    from servicedesk_etl.sqlite_source import table_columns
+
+    path = tmp_path / "mixed.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (created TEXT, amount TEXT, flag TEXT, note TEXT, empty TEXT, data BLOB, id INTEGER)")
+    rows = [
+        (f"2025-05-{n % 28 + 1:02d} 08:00:00" if n % 9 else "20/05/2025 8:42", f"{n},5" if n % 2 else "", "Yes" if n % 3 else "no",
+         "a\r\nb" if n % 7 == 0 else f"note {n % 4}", None, bytes([n % 256]), n)
+        for n in range(60)
+    ]
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    source = open_readonly(path)
+    frame = read_table(source, "t")
+    columns = table_columns(source, "t")
+    settings = ProfileSettings()
+    together = plan_columns([(column, frame[column.name], column.name) for column in columns], settings)
+    alone = [plan_column(column, frame[column.name], column.name, settings) for column in columns]
+    assert together == alone
+    assert [plan.target_type for plan in together] == ["timestamp", "numeric", "boolean", "text", "text", "bytea", "bigint"]

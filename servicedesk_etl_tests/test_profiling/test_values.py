@@ -113,3 +113,37 @@ def test_blob_in_a_text_column_is_read_as_blob(corpus_copy):
     frame = read_table(open_readonly(corpus_copy("pgloader-bad-utf8.db")), "files")
     assert frame["filename"].struct.field("storage").to_list() == ["text", "blob", "text"]
     assert frame["filename"].struct.field("b").to_list()[1] == b"file\x96name.txt"
+
+
+def test_a_few_invalid_utf8_values_among_many_keep_their_bytes_and_the_rest_decodes(tmp_path):
+    path = tmp_path / "bad.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (a TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(f"näme {n}",) for n in range(3000)])
+    conn.execute("UPDATE t SET a = CAST(x'66968a' AS TEXT) WHERE rowid IN (2, 2999)")
+    conn.commit()
+    conn.close()
+    raw = read_rows(open_readonly(path), "t")["a"]
+    invalid = {position + 1: value for position, value in enumerate(raw.struct.field("b").to_list()) if value}
+    assert invalid == {2: b"f\x96\x8a", 2999: b"f\x96\x8a"}
+    text = raw.struct.field("s").to_list()
+    assert text[0] == "näme 0" and text[1] is None and text[2999] == "näme 2999"
+    assert set(raw.struct.field("storage").to_list()) == {"text"}
+
+
+def test_a_column_mixing_storage_classes_is_read_in_the_one_pass_that_reads_the_table(tmp_path):
+    rows = [(n + 0.5 if n % 3 else n, "text" if n % 5 == 0 else n / 4) for n in range(300)]
+    path = build(tmp_path / "m.db", "CREATE TABLE t (x, y)", rows)
+    conn = open_readonly(path)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    frame = read_rows(conn, "t")
+    reads = [statement for statement in statements
+             if 'FROM "t"' in statement and "EXISTS" not in statement and "LIMIT 0" not in statement]
+    assert len(reads) == 1, reads
+    expected_x = ["integer" if n % 3 == 0 else "real" for n in range(300)]
+    expected_y = ["text" if n % 5 == 0 else "real" for n in range(300)]
+    assert frame["x"].struct.field("storage").to_list() == expected_x
+    assert frame["y"].struct.field("storage").to_list() == expected_y
+    assert frame["x"].struct.field("i").to_list()[:4] == [0, None, None, 3]
+    assert frame["y"].struct.field("s").to_list()[:2] == ["text", None]
