@@ -80,3 +80,18 @@ def file_sha256(path: Path | str, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sqlite_affinity(declared_type: str) -> str:
+    """The column affinity SQLite gives a declared type, by its documented name rules in order:
+    INTEGER, TEXT, BLOB (also for no type), REAL or NUMERIC."""
+    declared = declared_type.upper()
+    if "INT" in declared:
+        return "INTEGER"
+    if any(word in declared for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in declared or not declared.strip():
+        return "BLOB"
+    if any(word in declared for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"

@@ -260,6 +260,17 @@ class _SqliteExpr:
     def julian(self) -> str:
         return f"julianday({self.q})"
 
+    def date_in_range(self, low: str | None, high: str | None) -> tuple[str, list[Any]]:
+        """Parseable (`date_parseable`) and within [low, high]: the date is read once (BETWEEN reads
+        its operand once; a NULL date fails every comparison, so no separate parse test is needed)."""
+        q = self.q
+        if low is not None and high is not None:
+            bounds, params = f"{self.julian()} BETWEEN julianday(?) AND julianday(?)", [low, high]
+        else:
+            condition, params = _range_condition(self.julian(), low, high, True, True)
+            bounds = f"{condition.replace('?', 'julianday(?)')} AND {self.julian()} IS NOT NULL"
+        return f"(typeof({q}) = 'text' AND {q} GLOB '{_ISO_DATE_GLOB}*' AND {bounds})", params
+
     def conforming(self, target_type: str) -> str:
         """Stored as the target type: canonical ISO text for dates (calendar checked by SQLite's
         date functions), integers for bigint and booleans (0/1), numbers, text, blobs."""
@@ -310,6 +321,68 @@ def _range_condition(
 def _integer_in_range(number: str, low: Any, high: Any) -> tuple[str, list[Any]]:
     condition, params = _range_condition(number, low, high, True, True)
     return f"{number} = CAST({number} AS INTEGER) AND {condition}", params
+
+
+def sqlite_count(measure: Measure, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
+    """The aggregate that counts `measure` alone (`count(...)`, or `count(DISTINCT ...)` for keys)."""
+    if measure.kind == ROWS:
+        return "count(*)", []
+    column = _SqliteExpr(measure.column or "", markers)
+    if measure.kind == DISTINCT_KEYS:
+        return sqlite_distinct_keys(column)
+    condition, params = sqlite_row_condition(measure, column, markers)
+    return f"count(CASE WHEN {condition} THEN 1 END)", params
+
+
+def sqlite_distinct_keys(column: _SqliteExpr) -> tuple[str, list[Any]]:
+    """Distinct present values of `column`, compared as normalised keys (`_SqliteExpr.key`)."""
+    present, params = column.present()
+    return f"count(DISTINCT CASE WHEN {present} THEN {column.key()} END)", params
+
+
+def sqlite_row_condition(measure: Measure, column: _SqliteExpr, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
+    """The condition a row meets to be counted by `measure` (a second column is named by `measure.args[0]`)."""
+    kind, args, q = measure.kind, measure.args, column.q
+    if kind == MISSING:
+        return column.missing()
+    if kind == BLANKS:
+        return column.blank()
+    if kind == CONFORMING:
+        present, params = column.present()
+        return f"{present} AND {column.conforming(args[0])}", params
+    if kind == NUMERIC:
+        return column.numeric(), []
+    if kind == INTEGER_IN_RANGE:
+        return column.number_test(lambda number: _integer_in_range(number, args[0], args[1]))
+    if kind == VALUE_IN_RANGE:
+        return column.number_test(lambda number: _range_condition(number, *args))
+    if kind == VALUE_EQUALS:
+        return column.number_test(lambda number: (f"{number} = ?", [args[0]]))
+    if kind == DATE_PARSEABLE:
+        return column.date_parseable(), []
+    if kind == DATE_IN_RANGE:
+        return column.date_in_range(args[0], args[1])
+    if kind in (COMPARABLE, ORDERED):
+        later = _SqliteExpr(args[0], markers)
+        condition = f"{column.date_parseable()} AND {later.date_parseable()}"
+        if kind == ORDERED:
+            condition += f" AND {column.julian()} <= {later.julian()}"
+        return condition, []
+    if kind == TEXT_VALUES:
+        return f"{q} >= ''", []
+    if kind == NUL_BYTES:
+        return f"typeof({q}) = 'text' AND instr(CAST({q} AS BLOB), X'00') > 0", []
+    if kind == CRLF:
+        return f"typeof({q}) = 'text' AND instr(CAST({q} AS BLOB), X'0D0A') > 0", []
+    if kind == INVALID_UTF8:
+        return _sqlite_utf8_candidates(q), [_NON_ASCII_GLOB]
+    if kind == CONDITION_ROWS:
+        return column.in_values(args)
+    if kind == MISSING_WHEN:
+        when, when_params = _SqliteExpr(args[0], markers).in_values(args[1:])
+        missing, missing_params = column.missing()
+        return f"{when} AND {missing}", when_params + missing_params
+    raise ValueError(f"measure {kind!r} is not supported by the SQLite source")
 
 
 class SqliteSource:
@@ -393,7 +466,7 @@ class SqliteSource:
         """`sum()` of one term per measure, measure i weighted 2**(width * i): counts below 2**width
         each keep their own bit field, so several conditions cost one aggregate."""
         if len(pack) == 1 and pack[0].kind in _UNPACKABLE:
-            return self._condition(pack[0], markers)
+            return sqlite_count(pack[0], markers)
         terms, params = [], []
         index = 0
         while index < len(pack):
@@ -404,68 +477,12 @@ class SqliteSource:
                 term, term_params = column.cell_class(pack[index + 1].args[0], weight, weight << width)
                 index += 2
             else:
-                condition, term_params = self._row_condition(measure, column, markers)
+                condition, term_params = sqlite_row_condition(measure, column, markers)
                 term = f"(CASE WHEN {condition} THEN {weight} ELSE 0 END)"
                 index += 1
             terms.append(term)
             params.extend(term_params)
         return f"sum({' + '.join(terms)})", params
-
-    def _condition(self, measure: Measure, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
-        if measure.kind == ROWS:
-            return "count(*)", []
-        column = _SqliteExpr(measure.column or "", markers)
-        if measure.kind == DISTINCT_KEYS:
-            present, params = column.present()
-            return f"count(DISTINCT CASE WHEN {present} THEN {column.key()} END)", params
-        condition, params = self._row_condition(measure, column, markers)
-        return f"count(CASE WHEN {condition} THEN 1 END)", params
-
-    def _row_condition(self, measure: Measure, column: _SqliteExpr, markers: tuple[str, ...]) -> tuple[str, list[Any]]:
-        kind, args, q = measure.kind, measure.args, column.q
-        if kind == MISSING:
-            return column.missing()
-        if kind == BLANKS:
-            return column.blank()
-        if kind == CONFORMING:
-            present, params = column.present()
-            return f"{present} AND {column.conforming(args[0])}", params
-        if kind == NUMERIC:
-            return column.numeric(), []
-        if kind == INTEGER_IN_RANGE:
-            return column.number_test(lambda number: _integer_in_range(number, args[0], args[1]))
-        if kind == VALUE_IN_RANGE:
-            return column.number_test(lambda number: _range_condition(number, *args))
-        if kind == VALUE_EQUALS:
-            return column.number_test(lambda number: (f"{number} = ?", [args[0]]))
-        if kind == DATE_PARSEABLE:
-            return column.date_parseable(), []
-        if kind == DATE_IN_RANGE:
-            julian = column.julian()
-            condition, params = _range_condition(julian, args[0], args[1], True, True)
-            condition = condition.replace("?", "julianday(?)")
-            return f"{column.date_parseable()} AND {condition}", params
-        if kind in (COMPARABLE, ORDERED):
-            later = _SqliteExpr(args[0], markers)
-            condition = f"{column.date_parseable()} AND {later.date_parseable()}"
-            if kind == ORDERED:
-                condition += f" AND {column.julian()} <= {later.julian()}"
-            return condition, []
-        if kind == TEXT_VALUES:
-            return f"{q} >= ''", []
-        if kind == NUL_BYTES:
-            return f"typeof({q}) = 'text' AND instr(CAST({q} AS BLOB), X'00') > 0", []
-        if kind == CRLF:
-            return f"typeof({q}) = 'text' AND instr(CAST({q} AS BLOB), X'0D0A') > 0", []
-        if kind == INVALID_UTF8:
-            return _sqlite_utf8_candidates(q), [_NON_ASCII_GLOB]
-        if kind == CONDITION_ROWS:
-            return column.in_values(args)
-        if kind == MISSING_WHEN:
-            when, when_params = _SqliteExpr(args[0], markers).in_values(args[1:])
-            missing, missing_params = column.missing()
-            return f"{when} AND {missing}", when_params + missing_params
-        raise ValueError(f"measure {kind!r} is not supported by the SQLite source")
 
     def _invalid_utf8(self, conn: sqlite3.Connection, table: str, column: str) -> int:
         """Check the distinct non-ASCII candidates (found in SQL) for UTF-8 validity."""
@@ -497,27 +514,43 @@ class SqliteSource:
             return self._shared.answer(("orphans", link, markers), lambda: self._orphans_uncached(link, markers))
 
     def _orphans_uncached(self, link: Link, markers: tuple[str, ...]) -> OrphanCount:
-        child = _SqliteExpr(link.child_column, markers)
-        parent = _SqliteExpr(link.parent_column, markers)
-        present, params = child.present()
-        ignored = f"k NOT IN ({', '.join('?' for _ in link.ignore_values)})" if link.ignore_values else "1"
-        keys = (
-            f"WITH parent AS (SELECT DISTINCT {parent.key()} AS k FROM {quote_ident(link.parent_table)}"
-            f" WHERE {parent.q} IS NOT NULL),"
-            f" child AS (SELECT {child.key()} AS k FROM {quote_ident(link.child_table)} WHERE {present}),"
-            f" checked AS (SELECT k FROM child WHERE {ignored})"
-        )
-        params = params + [_sqlite_key_value(value) for value in link.ignore_values]
+        counting, listing, params = sqlite_orphan_queries(
+            quote_ident(link.child_table), _SqliteExpr(link.child_column, markers),
+            quote_ident(link.parent_table), _SqliteExpr(link.parent_column, markers),
+            link.ignore_values,
+        )  # fmt: skip
         with self.connected() as conn:
-            checked, orphans = conn.execute(
-                f"{keys} SELECT count(*), count(CASE WHEN k NOT IN (SELECT k FROM parent) THEN 1 END) FROM checked",
-                params,
-            ).fetchone()
-            examples = conn.execute(
-                f"{keys} SELECT DISTINCT k FROM checked WHERE k NOT IN (SELECT k FROM parent) ORDER BY k LIMIT 5",
-                params,
-            ).fetchall()
-        return OrphanCount(int(checked), int(orphans or 0), tuple(str(k) for (k,) in examples))
+            checked, orphans = conn.execute(counting, params).fetchone()
+            examples = conn.execute(listing, params).fetchall()
+        return OrphanCount(int(checked or 0), int(orphans or 0), tuple(str(k) for (k,) in examples))
+
+
+def sqlite_orphan_queries(
+    child_table: str,
+    child: _SqliteExpr,
+    parent_table: str,
+    parent: _SqliteExpr,
+    ignore_values: Sequence[str],
+    weight: str | None = None,
+) -> tuple[str, str, list[Any]]:
+    """(counting query, examples query, their parameters) of a reference's orphans, tables given
+    quoted. Each child row counts once, or `weight` times (a column of the child table) when its
+    rows stand for several."""
+    present, params = child.present()
+    ignored = f"k NOT IN ({', '.join('?' for _ in ignore_values)})" if ignore_values else "1"
+    carried = f", {weight} AS w" if weight else ""
+    keys = (
+        f"WITH parent AS (SELECT DISTINCT {parent.key()} AS k FROM {parent_table} WHERE {parent.q} IS NOT NULL),"
+        f" child AS (SELECT {child.key()} AS k{carried} FROM {child_table} WHERE {present}),"
+        f" checked AS (SELECT * FROM child WHERE {ignored})"
+    )
+    if weight:
+        totals = "sum(w), sum(CASE WHEN k NOT IN (SELECT k FROM parent) THEN w END)"
+    else:
+        totals = "count(*), count(CASE WHEN k NOT IN (SELECT k FROM parent) THEN 1 END)"
+    counting = f"{keys} SELECT {totals} FROM checked"
+    listing = f"{keys} SELECT DISTINCT k FROM checked WHERE k NOT IN (SELECT k FROM parent) ORDER BY k LIMIT 5"
+    return counting, listing, params + [_sqlite_key_value(value) for value in ignore_values]
 
 
 # --- counts shared between sources over one unchanged SQLite file -------------------------------
