@@ -15,11 +15,15 @@ import logging
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 import psutil
@@ -27,7 +31,8 @@ import psutil
 from servicedesk_etl.errors import GateFailed, InputError, ResourceExhausted
 from servicedesk_etl.profiling.convert import ConvertedColumn, convert_column, convert_distinct
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
-from servicedesk_etl.profiling.values import RowSample, read_rows
+from servicedesk_etl.profiling.values import ROWID, RowSample, read_rows
+from servicedesk_etl.raw_cache import RawCache, RawCacheWriter, as_stored
 from servicedesk_etl.sqlite_source import (
     file_sha256,
     list_tables,
@@ -57,7 +62,11 @@ DISTINCT_SHARE_DENOMINATOR = 2
 REASON_DUPLICATE_ROW = "duplicate_row"
 REASON_DUPLICATE_KEY = "duplicate_key"
 WHOLE_ROW_STORAGE = "json"
+# The source attached read-only to the output's connection, so unchanged values are copied by SQLite.
+SNAPSHOT_SCHEMA = "snapshot"
+_CONVERTED_TABLE = "_converted"
 
+_T = TypeVar("_T")
 ProgressHook = Callable[[str, int, int], None]
 HealthCheck = Callable[[], None]
 
@@ -141,6 +150,9 @@ class CleanResult:
     converted_cells: int
     reconciliation: tuple[ColumnReconciliation, ...]
     seconds: float
+    # Set when a stored cache was asked for: the cleaned file's checksum, and the cache (None if it failed).
+    output_sha256: str | None = None
+    stored_cache: RawCache | None = None
 
     @property
     def source_unchanged(self) -> bool:
@@ -176,6 +188,8 @@ class _TableOutcome:
     quarantined_cells: int
     nulled_cells: int
     converted_cells: int
+    # Non-null cells per column counted in the cached chunks (None when the table was read from SQLite).
+    cached_non_null: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -195,8 +209,15 @@ def clean_snapshot(
     progress: ProgressHook | None = None,
     health_check: HealthCheck | None = None,
     force: bool = False,
+    raw_cache: RawCache | None = None,
+    stored_cache_dir: Path | None = None,
 ) -> CleanResult:
     """Write the cleaned copy of `source` to the new file `output`, executing `plan` exactly.
+
+    `raw_cache`: the raw frames of this very source (same sha256), read instead of SQLite; a cache
+    of another file, or one lacking a table, is ignored for it with a log line. The output is the
+    same either way. `stored_cache_dir`: where to cache the cleaned tables' values as SQLite stores
+    them (raw layout, duplicates removed), described by `CleanResult.output_sha256`.
 
     Raises InputError (nothing written) when `output` is the source, already exists without
     `force`, or cannot be written; any exception (including one raised by `health_check` or
@@ -213,19 +234,29 @@ def clean_snapshot(
         )
     hooks = _Hooks(progress, health_check, settings.check_every_rows)
     temp = temp_path_for(output)
+    cache = _usable_cache(raw_cache, sha_before)
+    stored = _StoredCache(stored_cache_dir) if stored_cache_dir is not None else None
+    output_sha256 = stored_cache = None
     try:
         with closing(open_readonly(source)) as src:
             _refuse_plan_not_matching(src, plan)
             # One read transaction: every read and the reconciliation see the same snapshot.
             src.execute("BEGIN")
-            outcomes = _write_cleaned_file(src, plan, temp, settings, hooks)
-            reconciliation = _reconcile_with_file(src, temp, plan)
+            reader = _ChunkReader(src, source, cache)
+            outcomes = _write_cleaned_file(reader, plan, temp, settings, hooks, stored)
+            cached_counts = {name: o.cached_non_null for name, o in outcomes.items() if o.cached_non_null is not None}
+            reconciliation = _reconcile_with_file(src, temp, plan, cached_counts)
         _fsync_file(temp)
+        if stored is not None:
+            output_sha256 = file_sha256(temp)
+            stored_cache = stored.finish(output_sha256, temp.stat().st_size)
         _remove_sqlite_file(output)
         os.replace(temp, output)
         _fsync_directory(output.parent)
     except BaseException:
         _remove_sqlite_file(temp)
+        if stored is not None:
+            stored.discard()
         raise
     sha_after = file_sha256(source)
     result = CleanResult(
@@ -240,9 +271,44 @@ def clean_snapshot(
         converted_cells=sum(o.converted_cells for o in outcomes.values()),
         reconciliation=reconciliation,
         seconds=time.perf_counter() - started,
+        output_sha256=output_sha256,
+        stored_cache=stored_cache,
     )
     _log_result(result)
     return result
+
+
+def _usable_cache(cache: RawCache | None, source_sha256: str) -> RawCache | None:
+    if cache is not None and cache.source_sha256 != source_sha256:
+        logger.warning("the raw cache in %s describes another file (sha256 %s); reading the source instead",
+                       cache.directory, cache.source_sha256)
+        return None
+    return cache
+
+
+class _ChunkReader:
+    """Raw rows of the source, from the raw cache when it holds the table whole, else from SQLite."""
+
+    def __init__(self, src: sqlite3.Connection, source: Path, cache: RawCache | None) -> None:
+        self.src = src
+        self.source = source
+        self._cache = cache
+
+    def cache_for(self, table: str, names: Sequence[str], rows: int) -> RawCache | None:
+        cache = self._cache
+        if cache is None:
+            return None
+        if not cache.has_table(table, names) or cache.row_count(table) != rows:
+            logger.info("the raw cache does not hold table %s whole; reading it from the source", table)
+            return None
+        return cache
+
+    def read(
+        self, cache: RawCache | None, table: str, names: Sequence[str], rows: _RowidRange | None
+    ) -> pl.DataFrame:
+        if cache is None:
+            return read_rows(self.src, table, names, rows)
+        return cache.read(table, names, None if rows is None else (rows.first, rows.last))
 
 
 def refuse_unusable_output(source: Path, output: Path, *, force: bool) -> None:
@@ -339,27 +405,55 @@ def _exclusive_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _write_cleaned_file(
-    src: sqlite3.Connection, plan: Plan, temp: Path, settings: CleanSettings, hooks: _Hooks
+    reader: _ChunkReader,
+    plan: Plan,
+    temp: Path,
+    settings: CleanSettings,
+    hooks: _Hooks,
+    stored: _StoredCache | None,
 ) -> dict[str, _TableOutcome]:
     outcomes: dict[str, _TableOutcome] = {}
-    with closing(sqlite3.connect(temp, isolation_level=None)) as dst:
+    with closing(sqlite3.connect(temp, isolation_level=None, uri=True)) as dst:
         # Durability comes from the fsync before the rename; the transaction gives all-or-nothing.
         dst.execute("PRAGMA synchronous = OFF")
         dst.execute("PRAGMA cache_size = -65536")
+        dst.execute("PRAGMA temp_store = MEMORY")
+        attached = _attach_source(dst, reader)
         try:
             with _exclusive_transaction(dst):
                 dst.execute(_AUDIT_DDL)
                 dst.execute(_QUARANTINE_DDL)
                 dst.execute(_CANDIDATES_DDL)
-                for table in plan.tables:
-                    outcomes[table.name] = _clean_table(src, dst, table, settings, hooks)
+                # Every source query the writing needs runs here; from now on only `_prepare_chunk` reads it.
+                jobs = [_table_job(reader, table, source_attached=attached) for table in plan.tables]
+                tasks = [partial(_prepare_chunk, reader, job, rows) for job in jobs for rows in job.ranges]
+                with closing(_one_ahead(tasks)) as chunks:
+                    for job in jobs:
+                        table_chunks = islice(chunks, len(job.ranges))
+                        outcomes[job.table.name] = _clean_table(dst, job, table_chunks, settings, hooks, stored)
                 dst.execute("DROP TABLE temp._candidates")
         except sqlite3.OperationalError as error:
             if "full" in str(error).lower():
                 raise ResourceExhausted(f"{temp.parent}: disk full while writing the cleaned file") from error
             raise
+        if attached:
+            dst.execute(f"DETACH DATABASE {SNAPSHOT_SCHEMA}")
         _require_integrity(dst, temp)
     return outcomes
+
+
+def _attach_source(dst: sqlite3.Connection, reader: _ChunkReader) -> bool:
+    """Attach the source read-only to the output's connection; False when SQLite cannot (another text encoding)."""
+    (encoding,) = reader.src.execute("PRAGMA encoding").fetchone()
+    if encoding != "UTF-8":
+        logger.info("the source is %s-encoded; every cleaned value is written from Python", encoding)
+        return False
+    try:
+        dst.execute(f"ATTACH DATABASE ? AS {SNAPSHOT_SCHEMA}", (readonly_uri(reader.source),))
+    except sqlite3.OperationalError as error:
+        logger.info("cannot attach the source to the cleaned file (%s); every value is written from Python", error)
+        return False
+    return True
 
 
 def _require_integrity(dst: sqlite3.Connection, path: Path) -> None:
@@ -385,17 +479,21 @@ class _AuditTally:
     def __init__(self) -> None:
         self._entries: dict[tuple[int, str, str], tuple[int, list[dict[str, Any]]]] = {}
 
-    def add(self, table: TablePlan, raw: pl.DataFrame, conversions: Sequence[ConvertedColumn]) -> None:
-        for position, (column, converted) in enumerate(zip(table.columns, conversions)):
-            groups = (
-                pl.DataFrame({"outcome": converted.outcome, "operation": converted.operation})
-                .with_row_index("index")
-                .filter(pl.col("outcome") != "null")
-                .with_columns(pl.col("operation").fill_null(pl.col("outcome")))
-                .group_by("outcome", "operation", maintain_order=True)
-                .agg(count=pl.len(), examples=pl.col("index").head(EXAMPLES_PER_OPERATION))
-            )
+    def add(self, table: TablePlan, raw: pl.DataFrame, conversions: Sequence[ConvertedColumn]) -> dict[str, int]:
+        """Tally one chunk; returns its cell counts per outcome (cells whose value is NULL not counted)."""
+        grouped = [
+            pl.DataFrame({"outcome": converted.outcome, "operation": converted.operation})
+            .with_row_index("index")
+            .filter(pl.col("outcome") != "null")
+            .with_columns(pl.col("operation").fill_null(pl.col("outcome")))
+            .group_by("outcome", "operation", maintain_order=True)
+            .agg(count=pl.len(), examples=pl.col("index").head(EXAMPLES_PER_OPERATION))
+            for converted in conversions
+        ]
+        totals: dict[str, int] = {}
+        for position, (column, converted, groups) in enumerate(zip(table.columns, conversions, grouped)):
             for outcome, operation, count, indices in groups.iter_rows():
+                totals[outcome] = totals.get(outcome, 0) + count
                 known, examples = self._entries.get((position, outcome, operation), (0, []))
                 wanted = indices[: EXAMPLES_PER_OPERATION - len(examples)]
                 examples = examples + [
@@ -407,6 +505,7 @@ class _AuditTally:
                     for index in wanted
                 ]
                 self._entries[(position, outcome, operation)] = (known + count, examples)
+        return totals
 
     def write(self, dst: sqlite3.Connection, table: TablePlan) -> None:
         for (position, outcome, operation), (count, examples) in sorted(self._entries.items()):
@@ -417,35 +516,106 @@ class _AuditTally:
             )
 
 
-def _clean_table(
-    src: sqlite3.Connection, dst: sqlite3.Connection, table: TablePlan, settings: CleanSettings, hooks: _Hooks
-) -> _TableOutcome:
-    """Read, convert and write the table range by range; then resolve duplicates in the written rows."""
-    names = [column.name for column in table.columns]
+@dataclass(frozen=True)
+class _TableJob:
+    """What is known of a table before its rows are read: its size, rowid name, chunks and where rows come from."""
+
+    table: TablePlan
+    names: tuple[str, ...]
+    rowid_sql: str
+    rows_in: int
+    cache: RawCache | None
+    ranges: tuple[_RowidRange | None, ...]
+    copy_from_source: bool
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    raw: pl.DataFrame
+    conversions: tuple[ConvertedColumn, ...]
+
+
+def _table_job(reader: _ChunkReader, table: TablePlan, *, source_attached: bool) -> _TableJob:
+    src = reader.src
+    names = tuple(column.name for column in table.columns)
     rowid_sql = _rowid_alias(names)
     rows_in = row_count(src, table.name)
+    chunk_rows = max(1, min(READ_CHUNK_ROWS, READ_CHUNK_CELLS // max(1, len(names))))
+    return _TableJob(
+        table=table,
+        names=names,
+        rowid_sql=rowid_sql,
+        rows_in=rows_in,
+        cache=reader.cache_for(table.name, names, rows_in),
+        ranges=tuple(_row_ranges(src, table.name, rowid_sql, rows_in, chunk_rows)),
+        copy_from_source=source_attached and _has_rowid(src, table.name, rowid_sql),
+    )
+
+
+def _prepare_chunk(reader: _ChunkReader, job: _TableJob, rows: _RowidRange | None) -> _Chunk:
+    """Read and convert one chunk, writing nothing: it runs in a background thread one chunk ahead of the
+    writing, and is then the only user of the source connection (every query the writing needs ran before)."""
+    raw = reader.read(job.cache, job.table.name, job.names, rows)
+    _require_in_range(raw, rows, job.table.name)
+    return _Chunk(raw, tuple(_convert(raw, column) for column in job.table.columns))
+
+
+def _one_ahead(tasks: Sequence[Callable[[], _T]]) -> Iterator[_T]:
+    """Each task's result in order, the next task running in a background thread meanwhile.
+
+    At most one result waits beside the one being used. Closing the iterator cancels what has not
+    started and waits for what has, so nothing reads the source after the cleaning stopped.
+    """
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clean-ahead")
+    try:
+        submitted: deque[Future[_T]] = deque()
+        for task in tasks:
+            submitted.append(worker.submit(task))
+            if len(submitted) == 2:
+                yield submitted.popleft().result()
+        while submitted:
+            yield submitted.popleft().result()
+    finally:
+        worker.shutdown(wait=True, cancel_futures=True)
+
+
+def _clean_table(
+    dst: sqlite3.Connection,
+    job: _TableJob,
+    chunks: Iterator[_Chunk],
+    settings: CleanSettings,
+    hooks: _Hooks,
+    stored: _StoredCache | None,
+) -> _TableOutcome:
+    """Convert and write the table chunk by chunk; then resolve duplicates in the written rows."""
+    table, names, rows_in = job.table, job.names, job.rows_in
     _create_table(dst, table)
-    insert = _insert_statement(table, rowid_sql)
+    writer = _RowWriter(dst, table, job.rowid_sql, copy_from_source=job.copy_from_source)
     tally = _AuditTally()
     fingerprints = []
+    stored_chunks = _StoredChunks(stored, table)
     written = quarantined = nulled = converted_cells = 0
-    chunk_rows = max(1, min(READ_CHUNK_ROWS, READ_CHUNK_CELLS // max(1, len(names))))
-    for rows in _row_ranges(src, table.name, rowid_sql, rows_in, chunk_rows):
-        raw = read_rows(src, table.name, names, rows)
-        _require_in_range(raw, rows, table.name)
-        conversions = [_convert(raw, column) for column in table.columns]
+    cached_non_null = dict.fromkeys(names, 0) if job.cache is not None else None
+    for chunk in chunks:
+        raw, conversions = chunk.raw, chunk.conversions
         cleaned = _cleaned_frame(raw["_rowid"], conversions)
         key = _key_of(table, cleaned)
         quarantined += _quarantine_failed_cells(dst, table, raw, conversions, key)
-        tally.add(table, raw, conversions)
+        outcomes = tally.add(table, raw, conversions)
+        if cached_non_null is not None:
+            for name, count in _non_null_in_chunk(raw, names).items():
+                cached_non_null[name] += count
         fingerprints.append(_fingerprints(cleaned, _key_positions(table)))
-        nulled += sum(int((c.outcome == "nulled").sum()) for c in conversions)
-        converted_cells += sum(int((c.outcome == "converted").sum()) for c in conversions)
-        written = _insert_rows(dst, insert, cleaned, hooks, table.name, written, rows_in)
+        nulled += outcomes.get("nulled", 0)
+        converted_cells += outcomes.get("converted", 0)
+        written = writer.insert(raw, cleaned, hooks, written, rows_in)
+        stored_chunks.add(cleaned)
     if written == 0:
         hooks.after_chunk(table.name, 0, rows_in)
     tally.write(dst, table)
-    removed = _resolve_duplicates(dst, table, pl.concat(fingerprints), settings.duplicate_policy)
+    removed_rowids = _resolve_duplicates(dst, table, pl.concat(fingerprints), settings.duplicate_policy)
+    removed = len(removed_rowids)
+    stored_chunks.finish(removed_rowids)
 
     outcome = _TableOutcome(
         rows_in=rows_in,
@@ -454,12 +624,20 @@ def _clean_table(
         quarantined_cells=quarantined,
         nulled_cells=nulled,
         converted_cells=converted_cells,
+        cached_non_null=cached_non_null,
     )
     logger.info(
         "cleaned table %s: %d rows in, %d out, %d duplicates removed, %d cells quarantined",
         table.name, outcome.rows_in, outcome.rows_out, outcome.duplicates_removed, outcome.quarantined_cells,
     )
     return outcome
+
+
+def _non_null_in_chunk(raw: pl.DataFrame, names: Sequence[str]) -> dict[str, int]:
+    if not names:
+        return {}
+    counts = raw.select([(pl.col(name).struct.field("storage") != "null").sum().alias(name) for name in names])
+    return {name: int(count) for name, count in zip(names, counts.row(0))}
 
 
 def _rowid_alias(names: Sequence[str]) -> str:
@@ -521,9 +699,97 @@ def _value_column(position: int) -> str:
     return f"v{position}"
 
 
+def _raw_column(position: int) -> str:
+    return f"raw{position}"
+
+
 def _cleaned_frame(rowids: pl.Series, conversions: Sequence[ConvertedColumn]) -> pl.DataFrame:
     values = [converted.values.alias(_value_column(i)) for i, converted in enumerate(conversions)]
     return pl.DataFrame([rowids.alias("_rowid"), *values])
+
+
+class _StoredCache:
+    """The stored-cache writer, fed through one background thread so its writing overlaps the cleaning.
+
+    Tasks run in the order they are submitted; `finish` waits for them all, `discard` for the one
+    running, and removes whatever was written. The cache only saves a later pass over the cleaned
+    file, so failing to write it is logged and leaves no cache rather than failing the cleaning.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._writer = RawCacheWriter(directory)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stored-cache")
+        self._submitted: list[Future[None]] = []
+
+    def add(self, table: TablePlan, cleaned: pl.DataFrame) -> None:
+        self._submitted.append(self._worker.submit(self._add, table, cleaned))
+
+    def drop_rows(self, table: str, rowids: pl.Series) -> None:
+        self._submitted.append(self._worker.submit(self._writer.drop_rows, table, rowids))
+
+    def finish(self, output_sha256: str, output_size: int) -> RawCache | None:
+        try:
+            for task in self._submitted:
+                task.result()
+            self._worker.shutdown()
+            return self._writer.commit(output_sha256, output_size)
+        except Exception:
+            logger.warning("could not write the stored cache in %s; the cleaned file is read instead",
+                           self._writer.directory, exc_info=True)
+            self.discard()
+            return None
+
+    def discard(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        self._writer.discard()
+
+    def _add(self, table: TablePlan, cleaned: pl.DataFrame) -> None:
+        self._writer.add(table.name, _stored_frame(table, cleaned))
+
+
+class _StoredChunks:
+    """Cleaned chunks of one table on their way to the stored cache.
+
+    The last chunk waits until the table's duplicates are resolved, so removed rows are usually
+    dropped in memory; rows removed from earlier chunks are dropped from their written parts.
+    """
+
+    def __init__(self, stored: _StoredCache | None, table: TablePlan) -> None:
+        self._writer = stored
+        self._table = table
+        self._pending: pl.DataFrame | None = None
+
+    def add(self, cleaned: pl.DataFrame) -> None:
+        if self._writer is None:
+            return
+        self._flush()
+        self._pending = cleaned
+
+    def finish(self, removed_rowids: Sequence[int]) -> None:
+        if self._writer is None:
+            return
+        removed = pl.Series(ROWID, removed_rowids, dtype=pl.Int64)
+        pending, first = self._pending, None
+        if pending is not None and pending.height:
+            first = pending["_rowid"].min()
+            self._pending = pending.filter(~pl.col("_rowid").is_in(removed.implode()))
+        self._flush()
+        earlier = removed if first is None else removed.filter(removed < first)
+        self._writer.drop_rows(self._table.name, earlier)
+
+    def _flush(self) -> None:
+        if self._writer is not None and self._pending is not None:
+            self._writer.add(self._table, self._pending)
+            self._pending = None
+
+
+def _stored_frame(table: TablePlan, cleaned: pl.DataFrame) -> pl.DataFrame:
+    """The chunk's rows in the raw layout, as the cleaned file stores them (declared-type affinity applied)."""
+    stored = [
+        as_stored(cleaned[_value_column(position)].alias(column.name), column.sqlite_type)
+        for position, column in enumerate(table.columns)
+    ]
+    return pl.DataFrame([cleaned["_rowid"].alias(ROWID), *stored])
 
 
 def _key_positions(table: TablePlan) -> list[int]:
@@ -598,11 +864,17 @@ def _fingerprints(cleaned: pl.DataFrame, key_positions: Sequence[int]) -> pl.Dat
         if keys
         else pl.lit(None, dtype=pl.UInt64)
     )
-    return cleaned.select("_rowid", row_hash=pl.struct(values).hash(seed=0), key_hash=key_hash)
+    row_hash = cleaned.select(values).hash_rows(seed=0).alias("row_hash")
+    return cleaned.select("_rowid", key_hash=key_hash).with_columns(row_hash).select("_rowid", "row_hash", "key_hash")
 
 
-def _resolve_duplicates(dst: sqlite3.Connection, table: TablePlan, fingerprints: pl.DataFrame, policy: str) -> int:
-    """Find repeated rows, then repeated keys among the rest; under keep_first move them to the quarantine."""
+def _resolve_duplicates(
+    dst: sqlite3.Connection, table: TablePlan, fingerprints: pl.DataFrame, policy: str
+) -> list[int]:
+    """Find repeated rows, then repeated keys among the rest; under keep_first move them to the quarantine.
+
+    Returns the rowids removed from the table.
+    """
     names = [column.name for column in table.columns]
     candidates = fingerprints.filter(pl.col("row_hash").is_duplicated())["_rowid"]
     repeated_rows = _repeats_among(dst, table.name, candidates, names)
@@ -610,7 +882,7 @@ def _resolve_duplicates(dst: sqlite3.Connection, table: TablePlan, fingerprints:
     candidates = remaining.filter(pl.col("key_hash").is_duplicated())["_rowid"]
     repeated_keys = _repeats_among(dst, table.name, candidates, list(table.key_columns)) if table.key_columns else []
     fate = "removed" if policy == "keep_first" else "kept"
-    removed = 0
+    removed: list[int] = []
     for reason, rowids in ((REASON_DUPLICATE_ROW, repeated_rows), (REASON_DUPLICATE_KEY, repeated_keys)):
         if not rowids:
             continue
@@ -618,7 +890,7 @@ def _resolve_duplicates(dst: sqlite3.Connection, table: TablePlan, fingerprints:
         dst.execute(_INSERT_AUDIT, (table.name, None, fate, reason, len(rowids), json.dumps(examples)))
         if policy == "keep_first":
             _move_rows_to_quarantine(dst, table, rowids, reason)
-            removed += len(rowids)
+            removed.extend(rowids)
     return removed
 
 
@@ -703,29 +975,108 @@ def _insert_statement(table: TablePlan, rowid_sql: str) -> str:
     return f"INSERT INTO {quote_ident(table.name)} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
 
-def _insert_rows(
-    dst: sqlite3.Connection, statement: str, rows: pl.DataFrame, hooks: _Hooks, table: str, done: int, total: int
-) -> int:
-    """Insert rows under their source rowid, calling the hooks after every `check_every_rows` rows."""
-    for offset in range(0, rows.height, hooks.every_rows):
-        chunk = rows.slice(offset, hooks.every_rows)
-        dst.executemany(statement, chunk.iter_rows())
-        done += chunk.height
-        hooks.after_chunk(table, done, total)
-    return done
+class _RowWriter:
+    """Inserts cleaned rows under their source rowid, calling the hooks after every `check_every_rows` rows.
+
+    Columns whose cleaned values equal the source's (same storage class, same value, in every row
+    of the chunk) are copied by SQLite from the attached snapshot instead of being bound from
+    Python; only the other columns travel through a temporary table joined on rowid. Affinity is
+    applied on insert either way, so the stored values are the same as binding every column.
+    """
+
+    def __init__(self, dst: sqlite3.Connection, table: TablePlan, rowid_sql: str, *, copy_from_source: bool) -> None:
+        self._dst = dst
+        self._table = table
+        self._rowid_sql = rowid_sql
+        self._copy_from_source = copy_from_source
+        self._bind_all = _insert_statement(table, rowid_sql)
+
+    def insert(self, raw: pl.DataFrame, cleaned: pl.DataFrame, hooks: _Hooks, done: int, total: int) -> int:
+        unchanged = _unchanged_columns(raw, self._table, cleaned) if self._copy_from_source else []
+        if not any(unchanged):
+            return self._bind(self._bind_all, cleaned, hooks, done, total)
+        bound = [_value_column(i) for i, same in enumerate(unchanged) if not same]
+        # Untyped columns: no affinity here, so each value reaches the table's own affinity as bound.
+        columns = ", ".join(["id INTEGER PRIMARY KEY", *bound])
+        self._dst.execute(f"CREATE TEMP TABLE {_CONVERTED_TABLE} ({columns})")
+        try:
+            fill = f"INSERT INTO temp.{_CONVERTED_TABLE} VALUES ({', '.join('?' * (len(bound) + 1))})"
+            copy = self._copy_statement(unchanged)
+            for offset in range(0, cleaned.height, hooks.every_rows):
+                chunk = cleaned.slice(offset, hooks.every_rows).select("_rowid", *bound)
+                self._dst.execute(f"DELETE FROM temp.{_CONVERTED_TABLE}")
+                self._dst.executemany(fill, chunk.iter_rows())
+                copied = self._dst.execute(copy).rowcount
+                if copied != chunk.height:
+                    raise RuntimeError(f"table {self._table.name!r}: {copied} source rows for {chunk.height} cleaned"
+                                       " rows; the source changed while it was cleaned")
+                done += chunk.height
+                hooks.after_chunk(self._table.name, done, total)
+        finally:
+            self._dst.execute(f"DROP TABLE temp.{_CONVERTED_TABLE}")
+        return done
+
+    def _bind(self, statement: str, rows: pl.DataFrame, hooks: _Hooks, done: int, total: int) -> int:
+        for offset in range(0, rows.height, hooks.every_rows):
+            chunk = rows.slice(offset, hooks.every_rows)
+            self._dst.executemany(statement, chunk.iter_rows())
+            done += chunk.height
+            hooks.after_chunk(self._table.name, done, total)
+        return done
+
+    def _copy_statement(self, unchanged: Sequence[bool]) -> str:
+        names = [quote_ident(column.name) for column in self._table.columns]
+        values = [
+            f"s.{name}" if same else f"c.{_value_column(position)}"
+            for position, (name, same) in enumerate(zip(names, unchanged))
+        ]
+        return (
+            f"INSERT INTO main.{quote_ident(self._table.name)} ({self._rowid_sql}, {', '.join(names)})"
+            f" SELECT c.id, {', '.join(values)} FROM temp.{_CONVERTED_TABLE} AS c"
+            f" JOIN {SNAPSHOT_SCHEMA}.{quote_ident(self._table.name)} AS s ON s.{self._rowid_sql} = c.id ORDER BY c.id"
+        )
 
 
-def _reconcile_with_file(src: sqlite3.Connection, path: Path, plan: Plan) -> tuple[ColumnReconciliation, ...]:
+_VALUE_FIELD_OF = {pl.Int64: ("integer", "i"), pl.Float64: ("real", "r"), pl.String: ("text", "s"),
+                   pl.Binary: ("blob", "b")}
+
+
+def _unchanged_columns(raw: pl.DataFrame, table: TablePlan, cleaned: pl.DataFrame) -> list[bool]:
+    """Per column: whether every cleaned value is the source value itself, storage class included."""
+    tests = []
+    for position in range(len(table.columns)):
+        value = pl.col(_value_column(position))
+        storage_class, field = _VALUE_FIELD_OF.get(cleaned.schema[_value_column(position)], (None, None))
+        original = pl.col(_raw_column(position)).struct
+        both_null = (original.field("storage") == "null") & value.is_null()
+        if storage_class is None:
+            same = both_null
+        else:
+            same = (original.field("storage") == storage_class) & (original.field(field) == value)
+            if field == "r":
+                # -0.0 equals 0.0 but is another value; the sign must match too.
+                same = same & ((1.0 / original.field("r") < 0) == (1.0 / value < 0))
+            same = both_null | same.fill_null(False)
+        tests.append(same.all().alias(str(position)))
+    originals = raw.select(pl.col(column.name).alias(_raw_column(i)) for i, column in enumerate(table.columns))
+    frame = pl.concat([originals, cleaned.select(pl.exclude("_rowid"))], how="horizontal")
+    return list(frame.select(tests).row(0)) if tests else []
+
+
+def _reconcile_with_file(
+    src: sqlite3.Connection, path: Path, plan: Plan, cached_counts: dict[str, dict[str, int]]
+) -> tuple[ColumnReconciliation, ...]:
     """Per column: non-null source cells against cleaned, quarantined, nulled and removed cells.
 
     Cleaned, quarantined and removed-duplicate cells are counted in the written file; source
-    cells in the source; the nulled count is the audit's record of the declared null rules.
+    cells in the source, or in the raw cache of that very source (same sha256) when the table was
+    read from it; the nulled count is the audit's record of the declared null rules.
     """
     with closing(sqlite3.connect(readonly_uri(path), uri=True)) as written:
         results = []
         for table in plan.tables:
             names = [column.name for column in table.columns]
-            source_counts = _non_null_counts(src, table.name, names)
+            source_counts = cached_counts.get(table.name) or _non_null_counts(src, table.name, names)
             cleaned_counts = _non_null_counts(written, table.name, names)
             quarantined = _grouped_counts(
                 written,

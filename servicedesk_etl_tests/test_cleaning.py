@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -15,9 +16,10 @@ from collections.abc import Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from servicedesk_etl import cleaning
+from servicedesk_etl import cleaning, raw_cache
 from servicedesk_etl.cleaning import (
     CleanResult,
     CleanSettings,
@@ -26,7 +28,8 @@ from servicedesk_etl.cleaning import (
 )
 from servicedesk_etl.errors import InputError, ResourceExhausted
 from servicedesk_etl.profiling.plan import ColumnPlan, Conversion, Plan, TablePlan
-from servicedesk_etl.sqlite_source import file_sha256
+from servicedesk_etl.profiling.values import read_rows
+from servicedesk_etl.sqlite_source import file_sha256, list_tables, open_readonly
 
 from .conftest import CORPUS_FILES, REPO_ROOT
 
@@ -577,3 +580,327 @@ def test_every_planted_demo_cell_has_its_expected_value_and_duplicates_are_quara
     assert copies and removed == copies
     assert result.duplicates_removed == {
         table: sum(1 for t, _ in copies if t == table) for table in truth["row_counts"]}
+
+
+# --- the raw cache handed over by the profiler, and the stored cache of the cleaned file -------------
+
+
+def raw_cache_of(source: Path, directory: Path, *, part_cells: int = raw_cache.PART_CELLS) -> raw_cache.RawCache:
+    """What the profiler hands over: every table of `source` as `read_rows` gives it."""
+    with closing(open_readonly(source)) as conn, raw_cache.RawCacheWriter(
+        directory, file_sha256(source), source.stat().st_size, part_cells=part_cells
+    ) as writer:
+        for table in list_tables(conn):
+            writer.add(table, read_rows(conn, table))
+    cache = raw_cache.open_raw_cache(directory, file_sha256(source))
+    assert cache is not None
+    return cache
+
+
+def stored_frames(path: Path) -> dict[str, pl.DataFrame]:
+    """Every table of a SQLite file in the raw layout: values with their storage classes."""
+    with closing(open_readonly(path)) as conn:
+        return {table: read_rows(conn, table) for table in list_tables(conn)}
+
+
+def assert_same_files(left: Path, right: Path) -> None:
+    left_frames, right_frames = stored_frames(left), stored_frames(right)
+    assert left_frames.keys() == right_frames.keys()
+    for table, frame in left_frames.items():
+        assert frame.equals(right_frames[table]), table
+
+
+def assert_stored_cache_matches(result: CleanResult, plan: Plan) -> None:
+    assert result.output_sha256 == file_sha256(result.output)
+    cache = raw_cache.open_raw_cache(result.output.parent / "stored", file_sha256(result.output))
+    assert cache is not None and set(cache.tables) == {table.name for table in plan.tables}
+    written = stored_frames(result.output)
+    for table in plan.tables:
+        assert cache.read(table.name).equals(written[table.name].sort("_rowid")), table.name
+
+
+@pytest.fixture
+def tickets_and_comments(tmp_path: Path) -> tuple[Path, Plan]:
+    source = build_sqlite(tmp_path / "both.db", DUPLICATES_SQL + TICKETS_SQL)
+    plan = plan_for(source, *tickets_plan(source).tables, table_plan("comments", [
+        column("comment_id", "bigint", formats=WHOLE_NUMBERS, markers=MARKERS),
+        column("body", "text"),
+    ], keys=("comment_id",)))
+    return source, plan
+
+
+@pytest.mark.parametrize("chunk_rows", [3, cleaning.READ_CHUNK_ROWS])
+def test_cleaning_from_the_raw_cache_writes_the_same_file_as_reading_sqlite(
+    tickets_and_comments, tmp_path, monkeypatch, chunk_rows
+):
+    source, plan = tickets_and_comments
+    monkeypatch.setattr(cleaning, "READ_CHUNK_ROWS", chunk_rows)
+    cache = raw_cache_of(source, tmp_path / "raw", part_cells=8)
+    from_sqlite = clean_snapshot(source, plan, tmp_path / "from_sqlite.db")
+    from_cache = clean_snapshot(source, plan, tmp_path / "from_cache.db", raw_cache=cache)
+    assert_same_files(from_sqlite.output, from_cache.output)
+    assert quarantine_entries(from_cache.output) == quarantine_entries(from_sqlite.output)
+    assert from_cache.reconciliation == from_sqlite.reconciliation and from_cache.reconciled
+    assert from_cache.duplicates_removed == {"comments": 4, "tickets": 0}
+
+
+def test_the_cleaner_takes_the_values_from_the_cache_it_is_given(tickets, tmp_path):
+    source, plan = tickets
+    with closing(open_readonly(source)) as conn:
+        frame = read_rows(conn, "tickets")
+    # A value only the cache holds, and one that must be converted (unchanged values are copied by SQLite).
+    edited = frame.with_columns(
+        pl.col("TKT-Created Time").struct.with_fields(storage=pl.lit("text"), s=pl.lit("21/05/2025 9:15")))
+    with raw_cache.RawCacheWriter(tmp_path / "raw", file_sha256(source)) as writer:
+        writer.add("tickets", edited)
+    cache = raw_cache.open_raw_cache(tmp_path / "raw", file_sha256(source))
+    result = clean_snapshot(source, plan, tmp_path / "cleaned.db", raw_cache=cache)
+    created = rows_of(result.output, 'SELECT DISTINCT "TKT-Created Time" FROM tickets')
+    assert created == [("2025-05-21 09:15:00",)]
+
+
+def test_a_cache_of_another_file_is_ignored_and_sqlite_is_read(tickets, comments, tmp_path, caplog):
+    source, plan = tickets
+    other_cache = raw_cache_of(comments[0], tmp_path / "raw")
+    expected = clean_snapshot(source, plan, tmp_path / "expected.db")
+    with caplog.at_level(logging.WARNING, logger="servicedesk_etl.cleaning"):
+        result = clean_snapshot(source, plan, tmp_path / "cleaned.db", raw_cache=other_cache)
+    assert "describes another file" in caplog.text
+    assert_same_files(expected.output, result.output)
+
+
+def test_a_table_missing_from_the_cache_is_read_from_sqlite(tickets_and_comments, tmp_path):
+    source, plan = tickets_and_comments
+    with closing(open_readonly(source)) as conn, raw_cache.RawCacheWriter(
+        tmp_path / "raw", file_sha256(source)
+    ) as writer:
+        writer.add("comments", read_rows(conn, "comments"))
+    cache = raw_cache.open_raw_cache(tmp_path / "raw", file_sha256(source))
+    expected = clean_snapshot(source, plan, tmp_path / "expected.db")
+    result = clean_snapshot(source, plan, tmp_path / "cleaned.db", raw_cache=cache)
+    assert_same_files(expected.output, result.output)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, cleaning.READ_CHUNK_ROWS])
+def test_the_stored_cache_holds_what_the_cleaned_file_stores_without_removed_duplicates(
+    tickets_and_comments, tmp_path, monkeypatch, chunk_rows
+):
+    source, plan = tickets_and_comments
+    monkeypatch.setattr(cleaning, "READ_CHUNK_ROWS", chunk_rows)
+    result = clean_snapshot(source, plan, tmp_path / "cleaned.db", stored_cache_dir=tmp_path / "stored")
+    assert result.duplicates_removed == {"comments": 4, "tickets": 0}
+    assert_stored_cache_matches(result, plan)
+    # 3000000.0 from a REAL column is stored as an integer under the planned INTEGER type.
+    assert result.stored_cache is not None
+    parent_ids = result.stored_cache.read("tickets", ["TKT-Parent ID"])["TKT-Parent ID"].struct.field("storage")
+    assert "real" not in parent_ids.to_list()
+
+
+def test_a_failed_clean_leaves_no_stored_cache(tmp_path, monkeypatch):
+    source, plan = big_source(tmp_path / "big.db", 40)
+    monkeypatch.setattr(cleaning, "READ_CHUNK_ROWS", 10)
+    checks: list[int] = []
+
+    def stop() -> None:
+        checks.append(1)
+        if len(checks) == 3:
+            # The stored cache is written in the background: let its first part land before failing.
+            deadline = time.monotonic() + 30
+            while not any((tmp_path / "stored").glob("*.arrow")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert any((tmp_path / "stored").glob("*.arrow")), "a part should be written by now"
+            raise RuntimeError("health check failed")
+
+    with pytest.raises(RuntimeError):
+        clean_snapshot(source, plan, tmp_path / "cleaned.db", stored_cache_dir=tmp_path / "stored",
+                       settings=CleanSettings(check_every_rows=10), health_check=stop)
+    assert raw_cache.open_raw_cache(tmp_path / "stored", "any") is None
+    assert list((tmp_path / "stored").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_demo_snapshot_cleans_the_same_from_the_cache_and_its_stored_cache_matches_the_file(tmp_path):
+    demo_data = pytest.importorskip("servicedesk_etl.demo_data")
+    profile_database = profile_or_skip()
+    summary = demo_data.generate_demo_snapshot(tmp_path / "demo.db", scale=0.05, seed=7)
+    plan = profile_database(summary.path)
+    cache = raw_cache_of(summary.path, tmp_path / "raw", part_cells=50_000)
+    from_sqlite = clean_snapshot(summary.path, plan, tmp_path / "from_sqlite.db")
+    (tmp_path / "cached").mkdir()
+    from_cache = clean_snapshot(summary.path, plan, tmp_path / "cached" / "cleaned.db", raw_cache=cache,
+                                stored_cache_dir=tmp_path / "cached" / "stored")
+    assert sum(from_cache.duplicates_removed.values()) > 0
+    assert_same_files(from_sqlite.output, from_cache.output)
+    assert quarantine_entries(from_cache.output) == quarantine_entries(from_sqlite.output)
+    assert from_cache.reconciliation == from_sqlite.reconciliation and from_cache.reconciled
+    assert_stored_cache_matches(from_cache, plan)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CORPUS_FILES)
+def test_every_corpus_file_cleans_the_same_from_the_cache_and_its_stored_cache_matches(name, corpus_copy, tmp_path):
+    profile_database = profile_or_skip()
+    source = corpus_copy(name)
+    plan = profile_database(source)
+    cache = raw_cache_of(source, tmp_path / "raw")
+    from_sqlite = clean_snapshot(source, plan, tmp_path / "from_sqlite.db")
+    from_cache = clean_snapshot(source, plan, tmp_path / "cleaned.db", raw_cache=cache,
+                                stored_cache_dir=tmp_path / "stored")
+    assert_same_files(from_sqlite.output, from_cache.output)
+    assert from_cache.reconciliation == from_sqlite.reconciliation
+    assert_stored_cache_matches(from_cache, plan)
+
+
+def bind_every_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain path: every cleaned value bound from Python, none copied from the attached source."""
+    monkeypatch.setattr(cleaning, "_unchanged_columns", lambda raw, table, cleaned: [False] * len(table.columns))
+
+
+@pytest.mark.parametrize("chunk_rows", [3, cleaning.READ_CHUNK_ROWS])
+def test_copying_unchanged_columns_from_the_source_stores_what_binding_them_stores(
+    tickets_and_comments, tmp_path, monkeypatch, chunk_rows
+):
+    source, plan = tickets_and_comments
+    monkeypatch.setattr(cleaning, "READ_CHUNK_ROWS", chunk_rows)
+    copied = clean_snapshot(source, plan, tmp_path / "copied.db")
+    bind_every_value(monkeypatch)
+    bound = clean_snapshot(source, plan, tmp_path / "bound.db")
+    assert_same_files(copied.output, bound.output)
+    assert quarantine_entries(copied.output) == quarantine_entries(bound.output)
+
+
+AFFINITY_SQL = """
+CREATE TABLE measures (id INTEGER PRIMARY KEY, amount REAL, big INTEGER, label TEXT, flag INTEGER, raw);
+INSERT INTO measures VALUES
+  (1, 3.0, 9007199254740993, 'x', 1, 1.5),
+  (2, -0.0, 2, '42', 0, 'text'),
+  (3, 2.5, 3, ' 7 ', 1, X'00'),
+  (5, NULL, NULL, NULL, NULL, NULL);
+"""
+
+
+def test_copied_values_get_the_cleaned_columns_affinity_like_bound_ones(tmp_path, monkeypatch):
+    source = build_sqlite(tmp_path / "affinity.db", AFFINITY_SQL)
+    plan = plan_for(source, table_plan("measures", [
+        column("id", "bigint", declared="INTEGER", formats=("integer",)),
+        column("amount", "numeric", declared="REAL", formats=("real",)),
+        column("big", "numeric", declared="INTEGER", formats=("integer",)),
+        column("label", "text"),
+        column("flag", "boolean", declared="INTEGER", formats=("one_zero",)),
+        column("raw", "text", declared="", formats=("text", "real_as_text", "blob_as_text")),
+    ]))
+    copied = clean_snapshot(source, plan, tmp_path / "copied.db")
+    assert rows_of(copied.output, "SELECT typeof(amount), amount FROM measures ORDER BY rowid") == [
+        ("integer", 3), ("integer", 0), ("real", 2.5), ("null", None)]
+    bind_every_value(monkeypatch)
+    bound = clean_snapshot(source, plan, tmp_path / "bound.db")
+    assert_same_files(copied.output, bound.output)
+    assert copied.reconciled
+
+
+@pytest.mark.slow
+def test_demo_snapshot_copied_and_bound_cleanings_are_the_same(tmp_path, monkeypatch):
+    demo_data = pytest.importorskip("servicedesk_etl.demo_data")
+    profile_database = profile_or_skip()
+    summary = demo_data.generate_demo_snapshot(tmp_path / "demo.db", scale=0.02, seed=11)
+    plan = profile_database(summary.path)
+    copied = clean_snapshot(summary.path, plan, tmp_path / "copied.db")
+    bind_every_value(monkeypatch)
+    bound = clean_snapshot(summary.path, plan, tmp_path / "bound.db")
+    assert_same_files(copied.output, bound.output)
+    assert quarantine_entries(copied.output) == quarantine_entries(bound.output)
+
+
+def test_a_utf16_source_cleans_like_a_utf8_one(tmp_path):
+    script = """
+        CREATE TABLE notes (id INTEGER, body TEXT, stamp TEXT);
+        INSERT INTO notes VALUES (1, 'héllo', '2025-01-02 03:04:05'), (2, 'wörld', '20/05/2025 8:42'), (3, NULL, '');
+    """
+    columns = [column("id", "bigint", declared="INTEGER", formats=("integer",)), column("body", "text"),
+               column("stamp", "timestamp", declared="TIMESTAMP", formats=ISO_DATETIME, markers=MARKERS,
+                      day_first=True)]
+    utf8 = build_sqlite(tmp_path / "utf8.db", script)
+    utf16 = build_sqlite(tmp_path / "utf16.db", 'PRAGMA encoding = "UTF-16le";' + script)
+    expected = clean_snapshot(utf8, plan_for(utf8, table_plan("notes", columns)), tmp_path / "from_utf8.db")
+    result = clean_snapshot(utf16, plan_for(utf16, table_plan("notes", columns)), tmp_path / "from_utf16.db")
+    assert_same_files(expected.output, result.output)
+    assert result.reconciled
+
+
+def test_source_columns_named_like_internal_frame_columns_are_copied_correctly(tmp_path, monkeypatch):
+    source = build_sqlite(tmp_path / "names.db", """
+        CREATE TABLE t ("v0" TEXT, "raw0" TEXT, "id" INTEGER, "c" TEXT, "s" TEXT);
+        INSERT INTO t VALUES ('a', '1', 5, 'x', 'y'), ('b', '2', 6, 'x', 'z');
+    """)
+    plan = plan_for(source, table_plan("t", [
+        column("v0", "text"), column("raw0", "bigint", formats=("int_text",)),
+        column("id", "bigint", declared="INTEGER", formats=("integer",)), column("c", "text"), column("s", "text"),
+    ]))
+    copied = clean_snapshot(source, plan, tmp_path / "copied.db")
+    assert rows_of(copied.output, 'SELECT rowid, "v0", "raw0", "id", "c", "s" FROM t') == [
+        (1, "a", 1, 5, "x", "y"), (2, "b", 2, 6, "x", "z")]
+    bind_every_value(monkeypatch)
+    assert_same_files(copied.output, clean_snapshot(source, plan, tmp_path / "bound.db").output)
+
+
+def test_stored_cache_of_a_without_rowid_table_with_bytes_matches_the_file(tmp_path):
+    source = build_sqlite(tmp_path / "pairs.db", """
+        CREATE TABLE pairs (a INTEGER, b TEXT, payload BLOB, PRIMARY KEY (a, b)) WITHOUT ROWID;
+        INSERT INTO pairs VALUES (2, 'x', X'02'), (1, 'x', X'01'), (1, 'y', NULL), (3, '7', X'');
+    """)
+    plan = plan_for(source, table_plan("pairs", [
+        column("a", "bigint", declared="INTEGER", formats=("integer",)), column("b", "text"),
+        column("payload", "bytea", declared="BLOB", formats=("blob",))], keys=("a", "b")))
+    result = clean_snapshot(source, plan, tmp_path / "cleaned.db", stored_cache_dir=tmp_path / "stored")
+    assert_stored_cache_matches(result, plan)
+
+
+@pytest.mark.slow
+def test_the_cleaned_files_score_from_its_stored_cache_equals_its_score_from_the_file(tmp_path):
+    frame_source = pytest.importorskip("servicedesk_etl.profiling.frame_source")
+    demo_data = pytest.importorskip("servicedesk_etl.demo_data")
+    from servicedesk_etl.profiling.score import score_quality, sqlite_source
+
+    summary = demo_data.generate_demo_snapshot(tmp_path / "demo.db", scale=0.02, seed=3)
+    plan = profile_or_skip()(summary.path)
+    result = clean_snapshot(summary.path, plan, tmp_path / "cleaned.db", stored_cache_dir=tmp_path / "stored")
+    cache = result.stored_cache
+    assert cache is not None
+    schema = {table: columns for table, columns in frame_source.sqlite_schema(result.output).items()
+              if table in cache.tables}
+    from_frames = score_quality(frame_source.FrameSource(schema, cache.read, label=f"sqlite:{result.output}"), plan)
+    from_file = score_quality(sqlite_source(result.output), plan)
+    assert dataclasses.replace(from_frames, seconds=0) == dataclasses.replace(from_file, seconds=0)
+
+
+def test_the_cleaner_reads_the_cache_chunk_by_chunk(tickets_and_comments, tmp_path, monkeypatch):
+    source, plan = tickets_and_comments
+    monkeypatch.setattr(cleaning, "READ_CHUNK_ROWS", 3)
+    cache = raw_cache_of(source, tmp_path / "raw", part_cells=8)
+    heights: list[int] = []
+    read = raw_cache.RawCache.read
+
+    def recording_read(self, table, columns=None, rowid_range=None):
+        frame = read(self, table, columns, rowid_range)
+        heights.append(frame.height)
+        return frame
+
+    monkeypatch.setattr(raw_cache.RawCache, "read", recording_read)
+    clean_snapshot(source, plan, tmp_path / "cleaned.db", raw_cache=cache)
+    assert sum(heights) == 17 and max(heights) == 3
+
+
+def test_a_stored_cache_that_cannot_be_written_leaves_no_cache_and_a_whole_cleaned_file(tickets, tmp_path, monkeypatch,
+                                                                                      caplog):
+    source, plan = tickets
+    expected = clean_snapshot(source, plan, tmp_path / "expected.db")
+
+    def broken(values, declared_type):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(cleaning, "as_stored", broken)
+    with caplog.at_level(logging.WARNING, logger="servicedesk_etl.cleaning"):
+        result = clean_snapshot(source, plan, tmp_path / "cleaned.db", stored_cache_dir=tmp_path / "stored")
+    assert "could not write the stored cache" in caplog.text
+    assert result.stored_cache is None and list((tmp_path / "stored").iterdir()) == []
+    assert_same_files(expected.output, result.output)
