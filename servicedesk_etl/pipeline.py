@@ -7,6 +7,7 @@ anything a step does not decide here.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,14 @@ from servicedesk_etl.gates import GateResult
 from servicedesk_etl.jsonable import jsonable
 from servicedesk_etl.pg import drop_schema, schema_exists
 from servicedesk_etl.profiling.plan import Plan
+from servicedesk_etl.raw_cache import FrameHandoff
 from servicedesk_etl.settings import LIVE_SCHEMA
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+RAW_CACHE_DIR = "raw"  # beside plan.json: the profiled frames, so the cleaner does not read SQLite again
+FRAMES_KEPT_IN_MEMORY = 512 * 2**20
 Progress = Callable[[str, int, int], None]
 HealthCheck = Callable[[], None]
 
@@ -196,13 +200,21 @@ def profile_step(
 
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = profile_database(source, profile_settings(settings), progress)
+    handoff = FrameHandoff(run_dir / RAW_CACHE_DIR, keep_bytes=frames_memory_budget())
+    try:
+        plan = profile_database(source, profile_settings(settings), progress, on_table=handoff.add)
+        cache = handoff.commit(plan.source_sha256, source.stat().st_size)
+    except BaseException:
+        handoff.discard()
+        raise
     plan_path = plan.write(run_dir / "plan.json")
+    measured = measured_source(source, plan, handoff.loader(cache), cache)
     score, rules, dry_run_result = concurrently(
-        lambda: score_quality(sqlite_source(source), plan),
-        lambda: evaluate_rules(sqlite_source(source), plan, rule_packs(settings), rule_mapping(settings)),
+        lambda: score_quality(measured or sqlite_source(source), plan),
+        lambda: evaluate_rules(measured or sqlite_source(source), plan, rule_packs(settings), rule_mapping(settings)),
         lambda: dry_run_gate(source, plan, dsn) if settings.run_dry_run and dsn is not None else None,
     )
+    handoff.release()
     gates = [type_confidence_gate(plan, settings), circuit_breaker_gate(plan, settings)]
     if dry_run_result is not None:
         gates.append(dry_run_result)
@@ -222,6 +234,30 @@ def profile_step(
         "rules_score": rules.score,
     }
     return StepOutcome(artifact, tuple(gates), metadata, elapsed_since(start))
+
+
+def frames_memory_budget() -> int:
+    """How much of the profiled frames the scorer may keep in memory: a quarter of what is free, at most 512 MiB."""
+    import psutil
+
+    return min(FRAMES_KEPT_IN_MEMORY, psutil.virtual_memory().available // 4)
+
+
+def measured_source(path: Path, plan: Plan, loader: Any, cache: Any) -> Any:
+    """A table source that answers the scorer and the rules from frames already read (one instance,
+    shared by their threads), or None when some table is not in them (sampled) or the file compares
+    text in a way only SQLite itself reproduces: then each asks the file."""
+    from servicedesk_etl.profiling.frame_source import FrameSource, UnsupportedSchema, sqlite_schema
+
+    tables = [table.name for table in plan.tables]
+    if not all(cache.has_table(table) for table in tables):
+        return None
+    try:
+        schema = sqlite_schema(path)
+    except UnsupportedSchema as reason:
+        log.info("scoring %s in SQLite itself: %s", path, reason)
+        return None
+    return FrameSource({table: schema[table] for table in tables}, loader, label=f"sqlite:{path}")
 
 
 def profile_settings(settings: PipelineSettings) -> Any:
@@ -357,19 +393,32 @@ def clean_step(
     """
     from servicedesk_etl.cleaning import CleanSettings, clean_snapshot
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
+    from servicedesk_etl.raw_cache import open_raw_cache
 
     start = time.perf_counter()
     plan = read_plan(plan_path)
-    result = clean_snapshot(
-        source,
-        plan,
-        output,
-        settings=CleanSettings(duplicate_policy=settings.duplicate_policy, check_every_rows=settings.check_every_rows),
-        progress=progress,
-        health_check=health_check,
-        force=force,
-    )
-    after = score_quality(sqlite_source(result.output), plan)
+    profiled = Path(plan_path).parent / RAW_CACHE_DIR
+    raw = open_raw_cache(profiled, plan.source_sha256) if plan.source_sha256 else None
+    stored_dir = output.parent / f".{output.name}.stored"
+    try:
+        result = clean_snapshot(
+            source,
+            plan,
+            output,
+            settings=CleanSettings(duplicate_policy=settings.duplicate_policy, check_every_rows=settings.check_every_rows),
+            progress=progress,
+            health_check=health_check,
+            force=force,
+            raw_cache=raw,
+            stored_cache_dir=stored_dir,
+        )
+        stored = result.stored_cache
+        measured = measured_source(result.output, plan, stored.read, stored) if stored is not None else None
+        after = score_quality(measured or sqlite_source(result.output), plan)
+    finally:
+        shutil.rmtree(stored_dir, ignore_errors=True)
+    if raw is not None:
+        shutil.rmtree(profiled, ignore_errors=True)  # served its one purpose
     unbalanced = [jsonable(entry) for entry in result.reconciliation if not entry.balanced]
     quarantined = quarantined_per_table(result.output)
     gates = (
