@@ -498,7 +498,7 @@ class _AuditTally:
                 wanted = indices[: EXAMPLES_PER_OPERATION - len(examples)]
                 examples = examples + [
                     {
-                        "rowid": raw["_rowid"][index],
+                        "rowid": raw[ROWID][index],
                         "before": _display_raw(raw[column.name][index]),
                         "after": _display_value(converted.values[index]),
                     }
@@ -598,7 +598,7 @@ def _clean_table(
     cached_non_null = dict.fromkeys(names, 0) if job.cache is not None else None
     for chunk in chunks:
         raw, conversions = chunk.raw, chunk.conversions
-        cleaned = _cleaned_frame(raw["_rowid"], conversions)
+        cleaned = _cleaned_frame(raw[ROWID], conversions)
         key = _key_of(table, cleaned)
         quarantined += _quarantine_failed_cells(dst, table, raw, conversions, key)
         outcomes = tally.add(table, raw, conversions)
@@ -677,7 +677,7 @@ def _row_ranges(
 
 
 def _require_in_range(raw: pl.DataFrame, rows: _RowidRange | None, table: str) -> None:
-    if rows is not None and raw.height and not raw["_rowid"].is_between(rows.first, rows.last).all():
+    if rows is not None and raw.height and not raw[ROWID].is_between(rows.first, rows.last).all():
         raise RuntimeError(f"reading table {table!r} by rowid range returned rows outside the range")
 
 
@@ -695,7 +695,7 @@ def _repeats_often(column: ColumnPlan) -> bool:
 
 
 def _value_column(position: int) -> str:
-    """Positional names inside frames, so no source column name can collide with `_rowid`."""
+    """Positional names inside frames, so no source column name can collide with the rowid column."""
     return f"v{position}"
 
 
@@ -705,7 +705,7 @@ def _raw_column(position: int) -> str:
 
 def _cleaned_frame(rowids: pl.Series, conversions: Sequence[ConvertedColumn]) -> pl.DataFrame:
     values = [converted.values.alias(_value_column(i)) for i, converted in enumerate(conversions)]
-    return pl.DataFrame([rowids.alias("_rowid"), *values])
+    return pl.DataFrame([rowids.alias(ROWID), *values])
 
 
 class _StoredCache:
@@ -771,8 +771,8 @@ class _StoredChunks:
         removed = pl.Series(ROWID, removed_rowids, dtype=pl.Int64)
         pending, first = self._pending, None
         if pending is not None and pending.height:
-            first = pending["_rowid"].min()
-            self._pending = pending.filter(~pl.col("_rowid").is_in(removed.implode()))
+            first = pending[ROWID].min()
+            self._pending = pending.filter(~pl.col(ROWID).is_in(removed.implode()))
         self._flush()
         earlier = removed if first is None else removed.filter(removed < first)
         self._writer.drop_rows(self._table.name, earlier)
@@ -789,7 +789,7 @@ def _stored_frame(table: TablePlan, cleaned: pl.DataFrame) -> pl.DataFrame:
         as_stored(cleaned[_value_column(position)].alias(column.name), column.sqlite_type)
         for position, column in enumerate(table.columns)
     ]
-    return pl.DataFrame([cleaned["_rowid"].alias(ROWID), *stored])
+    return pl.DataFrame([cleaned[ROWID].alias(ROWID), *stored])
 
 
 def _key_positions(table: TablePlan) -> list[int]:
@@ -835,7 +835,7 @@ def _quarantine_failed_cells(
         entries = pl.DataFrame(
             {
                 "table_name": pl.repeat(table.name, raw.height, dtype=pl.String, eager=True),
-                "row_id": raw["_rowid"],
+                "row_id": raw[ROWID],
                 "key_column": pl.repeat(key.label, raw.height, dtype=pl.String, eager=True),
                 "key_value": key.values,
                 "column_name": pl.repeat(column.name, raw.height, dtype=pl.String, eager=True),
@@ -857,7 +857,7 @@ def _fingerprints(cleaned: pl.DataFrame, key_positions: Sequence[int]) -> pl.Dat
 
     Hashes only nominate candidates; equality is then decided by SQLite on the written rows.
     """
-    values = [name for name in cleaned.columns if name != "_rowid"]
+    values = [name for name in cleaned.columns if name != ROWID]
     keys = [_value_column(position) for position in key_positions]
     key_hash = (
         pl.when(pl.all_horizontal(pl.col(keys).is_not_null())).then(pl.struct(keys).hash(seed=0))
@@ -865,7 +865,7 @@ def _fingerprints(cleaned: pl.DataFrame, key_positions: Sequence[int]) -> pl.Dat
         else pl.lit(None, dtype=pl.UInt64)
     )
     row_hash = cleaned.select(values).hash_rows(seed=0).alias("row_hash")
-    return cleaned.select("_rowid", key_hash=key_hash).with_columns(row_hash).select("_rowid", "row_hash", "key_hash")
+    return cleaned.select(ROWID, key_hash=key_hash).with_columns(row_hash).select(ROWID, "row_hash", "key_hash")
 
 
 def _resolve_duplicates(
@@ -876,10 +876,10 @@ def _resolve_duplicates(
     Returns the rowids removed from the table.
     """
     names = [column.name for column in table.columns]
-    candidates = fingerprints.filter(pl.col("row_hash").is_duplicated())["_rowid"]
+    candidates = fingerprints.filter(pl.col("row_hash").is_duplicated())[ROWID]
     repeated_rows = _repeats_among(dst, table.name, candidates, names)
-    remaining = fingerprints.filter(pl.col("key_hash").is_not_null() & ~pl.col("_rowid").is_in(repeated_rows))
-    candidates = remaining.filter(pl.col("key_hash").is_duplicated())["_rowid"]
+    remaining = fingerprints.filter(pl.col("key_hash").is_not_null() & ~pl.col(ROWID).is_in(repeated_rows))
+    candidates = remaining.filter(pl.col("key_hash").is_duplicated())[ROWID]
     repeated_keys = _repeats_among(dst, table.name, candidates, list(table.key_columns)) if table.key_columns else []
     fate = "removed" if policy == "keep_first" else "kept"
     removed: list[int] = []
@@ -1003,7 +1003,7 @@ class _RowWriter:
             fill = f"INSERT INTO temp.{_CONVERTED_TABLE} VALUES ({', '.join('?' * (len(bound) + 1))})"
             copy = self._copy_statement(unchanged)
             for offset in range(0, cleaned.height, hooks.every_rows):
-                chunk = cleaned.slice(offset, hooks.every_rows).select("_rowid", *bound)
+                chunk = cleaned.slice(offset, hooks.every_rows).select(ROWID, *bound)
                 self._dst.execute(f"DELETE FROM temp.{_CONVERTED_TABLE}")
                 self._dst.executemany(fill, chunk.iter_rows())
                 copied = self._dst.execute(copy).rowcount
@@ -1059,7 +1059,7 @@ def _unchanged_columns(raw: pl.DataFrame, table: TablePlan, cleaned: pl.DataFram
             same = both_null | same.fill_null(False)
         tests.append(same.all().alias(str(position)))
     originals = raw.select(pl.col(column.name).alias(_raw_column(i)) for i, column in enumerate(table.columns))
-    frame = pl.concat([originals, cleaned.select(pl.exclude("_rowid"))], how="horizontal")
+    frame = pl.concat([originals, cleaned.select(pl.exclude(ROWID))], how="horizontal")
     return list(frame.select(tests).row(0)) if tests else []
 
 

@@ -1,7 +1,7 @@
 """A directory of raw-layout table frames (see `profiling.values`), so a run reads its snapshot once.
 
 Each table is stored as one or more Arrow IPC part files (zstd), each covering a contiguous range of
-`_rowid`, so a reader asking for a rowid range opens only the parts that overlap it. A JSON manifest
+the rowid column (`values.ROWID`), so a reader asking for a rowid range opens only the parts that overlap it. A JSON manifest
 names the source file (sha256 and size), each table's row count, columns and parts, and the format
 version. Every file is written to a temporary name and renamed; the manifest comes last, so a cache
 whose writer died is never taken for a whole one.
@@ -86,7 +86,7 @@ class RawCache:
     def read(
         self, table: str, columns: Sequence[str] | None = None, rowid_range: tuple[int, int] | None = None
     ) -> pl.DataFrame:
-        """`_rowid` and the raw Struct columns asked for (all by default), of rows with rowid in `rowid_range`.
+        """The rowid column (`ROWID`) and the raw Struct columns asked for (all by default), of rows with rowid in `rowid_range`.
 
         Rows come in rowid order, exactly as `values.read_rows` returns them. Only the overlapping part
         files are opened, and only the columns asked for are decoded.
@@ -138,7 +138,7 @@ class RawCacheWriter:
         _remove_cache_files(self.directory)
 
     def add(self, table: str, frame: pl.DataFrame) -> None:
-        """Append rows of `table` (a `_rowid` column, then raw Struct columns), sorted by rowid.
+        """Append rows of `table` (the `ROWID` column, then raw Struct columns), sorted by rowid.
 
         The first call fixes the table's columns; later calls must bring the same ones.
         """

@@ -28,7 +28,7 @@ from servicedesk_etl.cleaning import (
 )
 from servicedesk_etl.errors import InputError, ResourceExhausted
 from servicedesk_etl.profiling.plan import ColumnPlan, Conversion, Plan, TablePlan
-from servicedesk_etl.profiling.values import read_rows
+from servicedesk_etl.profiling.values import ROWID, read_rows
 from servicedesk_etl.sqlite_source import file_sha256, list_tables, open_readonly
 
 from .conftest import CORPUS_FILES, REPO_ROOT
@@ -616,7 +616,7 @@ def assert_stored_cache_matches(result: CleanResult, plan: Plan) -> None:
     assert cache is not None and set(cache.tables) == {table.name for table in plan.tables}
     written = stored_frames(result.output)
     for table in plan.tables:
-        assert cache.read(table.name).equals(written[table.name].sort("_rowid")), table.name
+        assert cache.read(table.name).equals(written[table.name].sort(ROWID)), table.name
 
 
 @pytest.fixture

@@ -239,6 +239,8 @@ HOSTILE_COLUMNS = (
     "user",
     "名前 (ticket)",
     "Café/№#",
+    "_rowid",  # the name frames used for their row ids
+    "rowid",
     "a" * 70,
     "a" * 69 + "b",
 )

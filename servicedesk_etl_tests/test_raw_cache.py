@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from servicedesk_etl import raw_cache
-from servicedesk_etl.profiling.values import read_rows
+from servicedesk_etl.profiling.values import ROWID, read_rows
 from servicedesk_etl.raw_cache import (
     MANIFEST_NAME,
     FrameHandoff,
@@ -73,11 +73,11 @@ def test_reading_a_rowid_range_and_some_columns_opens_only_what_is_asked(source,
     assert cache is not None
     assert len(cache.tables["odd table"].parts) == 5
     got = cache.read("odd table", ["loose", "a b"], rowid_range=(5, 11))
-    want = frames["odd table"].select("_rowid", "loose", "a b").filter(pl.col("_rowid").is_between(5, 11))
-    assert got.equals(want) and got["_rowid"].to_list() == [5, 9, 11]
+    want = frames["odd table"].select(ROWID, "loose", "a b").filter(pl.col(ROWID).is_between(5, 11))
+    assert got.equals(want) and got[ROWID].to_list() == [5, 9, 11]
     assert cache.read("odd table", ["id"], rowid_range=(12, 19)).height == 0
     assert cache.read("odd table", ["id"], rowid_range=(12, 19)).schema == frames["odd table"].select(
-        "_rowid", "id").schema
+        ROWID, "id").schema
 
 
 def test_a_cache_of_another_file_is_refused_with_the_reason(source, tmp_path, caplog):
@@ -143,7 +143,7 @@ def test_dropping_rows_rewrites_only_the_parts_that_hold_them(source, tmp_path):
     before = sorted(path.name for path in (tmp_path / "raw").iterdir())
     writer.drop_rows("odd table", [9, 20])
     cache = writer.commit()
-    assert cache.read("odd table")["_rowid"].to_list() == [3, 5, 11]
+    assert cache.read("odd table")[ROWID].to_list() == [3, 5, 11]
     assert cache.row_count("odd table") == 3
     after = sorted(path.name for path in (tmp_path / "raw").iterdir() if path.name != MANIFEST_NAME)
     assert len(set(before) & set(after)) == 1  # the part of rows 3 and 5 was left alone
@@ -220,9 +220,9 @@ def test_the_handoff_serves_the_same_frames_from_memory_or_from_the_cache(source
     load = handoff.loader(cache)
     for table, frame in frames.items():
         columns = frame.columns[1:][::-1]
-        assert load(table, columns).equals(frame.select("_rowid", *columns)), table
+        assert load(table, columns).equals(frame.select(ROWID, *columns)), table
     handoff.release()
-    assert load("odd table", ["id"]).equals(frames["odd table"].select("_rowid", "id"))
+    assert load("odd table", ["id"]).equals(frames["odd table"].select(ROWID, "id"))
 
 
 def test_a_discarded_handoff_leaves_no_cache(source, tmp_path):

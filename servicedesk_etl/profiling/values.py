@@ -1,6 +1,6 @@
 """Raw SQLite values with their storage class (`typeof`), never coerced by the declared type.
 
-`read_table` pulls a table into polars in one pass: a `_rowid` column, then one Struct column per
+`read_table` pulls a table into polars in one pass: a rowid column (`ROWID`), then one Struct column per
 source column with the fields `storage`, `i`, `r`, `s`, `b` (see `RAW_DTYPE`). Exactly one value
 field is set per row, the one matching `storage`; all are null when `storage == 'null'`. Text that
 is not valid UTF-8 keeps `storage == 'text'` and carries its raw bytes in `b` (with `s` null).
@@ -22,7 +22,8 @@ from servicedesk_etl.sqlite_source import quote_ident, readonly_uri, table_colum
 
 log = logging.getLogger(__name__)
 
-ROWID = "_rowid"
+# NUL cannot appear in a SQLite identifier, so no source column can be called this (`_rowid` can).
+ROWID = "\x00rowid"
 STORAGE_CLASSES = ("null", "integer", "real", "text", "blob")
 VALUE_FIELDS = {"integer": "i", "real": "r", "text": "s", "blob": "b"}
 FIELD_DTYPES = {"i": pl.Int64, "r": pl.Float64, "s": pl.String, "b": pl.Binary}
@@ -54,11 +55,11 @@ class RowSample:
 
 
 def read_table(conn: sqlite3.Connection, table: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
-    """Every row: a `_rowid` Int64 column, then one Struct column per source column.
+    """Every row: a `ROWID` Int64 column, then one Struct column per source column.
 
     Struct fields: storage (String: 'null'|'integer'|'real'|'text'|'blob'), i (Int64), r (Float64),
     s (String: text values that are valid UTF-8), b (Binary: blob values, and raw bytes of text
-    that is not valid UTF-8). For a WITHOUT ROWID table `_rowid` is the 1-based row position in
+    that is not valid UTF-8). For a WITHOUT ROWID table `ROWID` is the 1-based row position in
     primary-key order.
     """
     return read_rows(conn, table, columns)
