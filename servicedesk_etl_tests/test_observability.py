@@ -20,6 +20,7 @@ from servicedesk_etl.observability import (
     PipelineMetrics,
     ProgressTracker,
     RichProgressSink,
+    TableProgress,
     configure_logging,
     default_progress_sink,
     log_context,
@@ -240,6 +241,39 @@ def test_progress_reports_rows_done_rate_and_eta():
     snapshot = progress.snapshot()
     assert (snapshot.done, snapshot.rows_per_second, snapshot.eta_seconds) == (250, 125.0, 6.0)
     assert snapshot.fraction == 0.25
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def update(self, tracker: ProgressTracker) -> None:
+        self.rates.append(tracker.rows_per_second)
+
+    def finish(self, tracker: ProgressTracker) -> None:
+        self.rates.append(tracker.rows_per_second)
+
+
+def test_a_table_first_reported_finished_is_timed_from_the_step_start_not_given_an_absurd_rate():
+    clock = FakeClock()
+    sink = RecordingSink()
+    progress = TableProgress("production load", lambda: sink, clock=clock)
+    clock.now += 2
+    progress("tickets", 10_000, 10_000)  # one chunk: its first report is its last
+
+    assert sink.rates and all(rate == 5_000 for rate in sink.rates)
+
+
+def test_a_table_reported_from_zero_is_timed_from_its_own_start():
+    clock = FakeClock()
+    sink = RecordingSink()
+    progress = TableProgress("clean", lambda: sink, clock=clock)
+    clock.now += 10
+    progress("comments", 0, 1_000)
+    clock.now += 1
+    progress("comments", 1_000, 1_000)
+
+    assert sink.rates[-1] == 1_000
 
 
 def test_progress_without_a_total_has_no_eta():

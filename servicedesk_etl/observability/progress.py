@@ -44,13 +44,13 @@ class ProgressTracker:
     """Counts rows done against an optional total; tells its sink after every `advance`."""
 
     def __init__(self, total: int | None, label: str, sink: ProgressSink | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, started: float | None = None) -> None:
         self.total = total
         self.label = label
         self.sink = sink
         self.done = 0
         self._clock = clock
-        self._started = clock()
+        self._started = clock() if started is None else started
         self._finished = False
 
     def advance(self, n: int = 1) -> None:
@@ -154,15 +154,23 @@ def default_progress_sink(logger: logging.Logger, console: Console | None = None
 class TableProgress:
     """Adapts a step's `(table, rows_done, rows_total)` callbacks to one ProgressTracker per table."""
 
-    def __init__(self, step: str, sink_factory: Callable[[], ProgressSink]) -> None:
+    def __init__(self, step: str, sink_factory: Callable[[], ProgressSink], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.step = step
         self.sink_factory = sink_factory
+        self._clock = clock
+        self._started = clock()
         self._trackers: dict[str, ProgressTracker] = {}
 
     def __call__(self, table: str, done: int, total: int) -> None:
         tracker = self._trackers.get(table)
         if tracker is None:
-            tracker = self._trackers[table] = ProgressTracker(total, f"{self.step} {table}", self.sink_factory())
+            # A table first heard of with rows already done started at some unknown moment since the
+            # step began: timing it from the step's start understates its rate rather than inventing one.
+            started = None if done == 0 else self._started
+            tracker = ProgressTracker(total, f"{self.step} {table}", self.sink_factory(), clock=self._clock,
+                                      started=started)
+            self._trackers[table] = tracker
         tracker.advance(done - tracker.done)
         if done >= total:
             tracker.close()
