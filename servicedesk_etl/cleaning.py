@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -54,7 +54,8 @@ ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 EXAMPLES_PER_OPERATION = 3
 READ_CHUNK_ROWS = 150_000
 # Cells converted at once (each with its value, outcome, operation and reason): bounds memory for wide tables.
-READ_CHUNK_CELLS = 3_000_000
+# Two chunks are alive at a time (one written, the next converted): about 350 MB each at this size.
+READ_CHUNK_CELLS = 1_500_000
 MIN_ROWID = -(2**63)
 MAX_ROWID = 2**63 - 1
 DISTINCT_SHARE_DENOMINATOR = 2
@@ -610,6 +611,8 @@ def _clean_table(
         converted_cells += outcomes.get("converted", 0)
         written = writer.insert(raw, cleaned, hooks, written, rows_in)
         stored_chunks.add(cleaned)
+        # Let go of this chunk before the next is taken: only it and the one being prepared are alive.
+        del chunk, raw, conversions, cleaned, key
     if written == 0:
         hooks.after_chunk(table.name, 0, rows_in)
     tally.write(dst, table)
@@ -722,10 +725,15 @@ class _StoredCache:
         self._submitted: list[Future[None]] = []
 
     def add(self, table: TablePlan, cleaned: pl.DataFrame) -> None:
-        self._submitted.append(self._worker.submit(self._add, table, cleaned))
+        self._submit(self._add, table, cleaned)
 
     def drop_rows(self, table: str, rowids: pl.Series) -> None:
-        self._submitted.append(self._worker.submit(self._writer.drop_rows, table, rowids))
+        self._submit(self._writer.drop_rows, table, rowids)
+
+    def _submit(self, task: Callable[..., None], *args: object) -> None:
+        """Queue a task once the one before it is done, so cleaned frames never pile up behind the writer."""
+        wait(self._submitted[-1:])
+        self._submitted.append(self._worker.submit(task, *args))
 
     def finish(self, output_sha256: str, output_size: int) -> RawCache | None:
         try:

@@ -1,8 +1,10 @@
 """A directory of raw-layout table frames (see `profiling.values`), so a run reads its snapshot once.
 
 Each table is stored as one or more Arrow IPC part files (zstd), each covering a contiguous range of
-the rowid column (`values.ROWID`), so a reader asking for a rowid range opens only the parts that overlap it. A JSON manifest
-names the source file (sha256 and size), each table's row count, columns and parts, and the format
+the rowid column (`values.ROWID`) and one group of the table's columns, so a reader asking for a rowid
+range and some columns opens only the parts that hold them. A table written whole has one column group;
+a wide, long one may arrive a few columns at a time (every row each time), one group per call. A JSON
+manifest names the source file (sha256 and size), each table's row count, columns and parts, and the format
 version. Every file is written to a temporary name and renamed; the manifest comes last, so a cache
 whose writer died is never taken for a whole one.
 """
@@ -30,20 +32,24 @@ from servicedesk_etl.sqlite_source import sqlite_affinity
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 PART_SUFFIX = ".arrow"
 TEMP_SUFFIX = ".partial"
 COMPRESSION = "zstd"
 # Cells per part file: bounds what one part costs to decompress, so a range read stays flat in memory.
 PART_CELLS = 2_000_000
+# Rows per part file at most, however few columns a group has: a reader's rowid range (a cleaner's chunk)
+# then decompresses little more than it asks for.
+PART_ROWS = 50_000
 
 
 @dataclass(frozen=True)
 class CachePart:
-    """One IPC file of a table: its rows and the rowid range it covers (None for an empty part)."""
+    """One IPC file of a table: its column group, its rows and the rowid range it covers (None for an empty part)."""
 
     file: str
+    columns: tuple[str, ...]
     rows: int
     bytes: int
     first_rowid: int | None
@@ -61,6 +67,13 @@ class CachedTable:
     rows: int
     columns: tuple[str, ...]
     parts: tuple[CachePart, ...]
+
+    def column_groups(self) -> list[tuple[str, ...]]:
+        """The table's column groups, in the order they were written."""
+        return list(dict.fromkeys(part.columns for part in self.parts))
+
+    def parts_of(self, group: tuple[str, ...]) -> list[CachePart]:
+        return [part for part in self.parts if part.columns == group]
 
 
 @dataclass(frozen=True)
@@ -88,14 +101,27 @@ class RawCache:
     ) -> pl.DataFrame:
         """The rowid column (`ROWID`) and the raw Struct columns asked for (all by default), of rows with rowid in `rowid_range`.
 
-        Rows come in rowid order, exactly as `values.read_rows` returns them. Only the overlapping part
-        files are opened, and only the columns asked for are decoded.
+        Rows come in rowid order, exactly as `values.read_rows` returns them. Only the part files that
+        hold the columns asked for and overlap the range are opened, and only those columns are decoded;
+        columns of several groups are put side by side once their rowids are found equal.
         """
         cached = self._table(table)
         names = list(cached.columns if columns is None else columns)
         if absent := [name for name in names if name not in cached.columns]:
             raise KeyError(f"raw cache of table {table!r} has no columns {absent}")
-        parts = list(cached.parts)
+        groups = cached.column_groups()
+        wanted = [(group, [name for name in group if name in names]) for group in groups]
+        wanted = [(group, asked) for group, asked in wanted if asked] or [(groups[0], [])]
+        scans = [self._scan(cached, group, asked, rowid_range) for group, asked in wanted]
+        frames = scans[0].collect() if len(scans) == 1 else pl.collect_all(scans)
+        if isinstance(frames, pl.DataFrame):
+            return frames.select(ROWID, *names)
+        return _side_by_side(table, frames).select(ROWID, *names)
+
+    def _scan(
+        self, cached: CachedTable, group: tuple[str, ...], names: Sequence[str], rowid_range: tuple[int, int] | None
+    ) -> pl.LazyFrame:
+        parts = cached.parts_of(group)
         if rowid_range is not None:
             first, last = rowid_range
             parts = [part for part in parts if part.overlaps(first, last)] or parts[:1]
@@ -103,7 +129,7 @@ class RawCache:
         scan = pl.scan_ipc(paths, glob=False).select(ROWID, *names)
         if rowid_range is not None:
             scan = scan.filter(pl.col(ROWID).is_between(*rowid_range))
-        return scan.collect()
+        return scan
 
     def _table(self, table: str) -> CachedTable:
         try:
@@ -112,8 +138,17 @@ class RawCache:
             raise KeyError(f"raw cache in {self.directory} has no table {table!r}") from None
 
 
+def _side_by_side(table: str, frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    first = frames[0]
+    for frame in frames[1:]:
+        if not frame[ROWID].equals(first[ROWID]):
+            raise RuntimeError(f"raw cache of table {table!r}: its column groups hold different rows")
+    return pl.concat([first, *(frame.drop(ROWID) for frame in frames[1:])], how="horizontal")
+
+
 class RawCacheWriter:
-    """Writes a cache table by table (or chunk by chunk); `commit` writes the manifest that makes it whole.
+    """Writes a cache table by table (or chunk by chunk, or column group by column group); `commit` writes
+    the manifest that makes it whole.
 
     Used as a context manager, it commits on a normal exit and discards its files on an exception.
     `source_sha256` / `source_size` may be given at `commit` instead, when the file the cache
@@ -133,25 +168,33 @@ class RawCacheWriter:
         self.source_size = source_size
         self._part_cells = max(1, part_cells)
         self._tables: dict[str, list[CachePart]] = {}
-        self._columns: dict[str, tuple[str, ...]] = {}
+        self._groups: dict[str, list[tuple[str, ...]]] = {}
         self.directory.mkdir(parents=True, exist_ok=True)
         _remove_cache_files(self.directory)
 
     def add(self, table: str, frame: pl.DataFrame) -> None:
         """Append rows of `table` (the `ROWID` column, then raw Struct columns), sorted by rowid.
 
-        The first call fixes the table's columns; later calls must bring the same ones.
+        A frame with the columns of the table's last group appends rows to that group; one with none
+        of the table's columns starts a new column group, which must come to hold the same rows (checked
+        at `commit`).
         """
         columns = tuple(name for name in frame.columns if name != ROWID)
         if frame.columns[:1] != [ROWID]:
             raise ValueError(f"a raw frame of table {table!r} must start with the {ROWID} column")
-        known = self._columns.setdefault(table, columns)
-        if known != columns:
-            raise ValueError(f"table {table!r} was added with columns {list(known)}, now with {list(columns)}")
+        groups = self._groups.setdefault(table, [])
+        known = [name for group in groups for name in group]
+        if not groups or (columns and set(columns).isdisjoint(known)):
+            groups.append(columns)
+        elif groups[-1] != columns:
+            raise ValueError(
+                f"table {table!r} was added with columns {known}, now with {list(columns)}: "
+                "a frame must bring the columns of the last group or only new ones"
+            )
         parts = self._tables.setdefault(table, [])
-        rows_per_part = max(1, self._part_cells // max(1, len(columns) + 1))
+        rows_per_part = max(1, min(PART_ROWS, self._part_cells // max(1, len(columns) + 1)))
         if frame.height == 0:
-            if not parts:
+            if not any(part.columns == columns for part in parts):
                 parts.append(self._write_part(table, len(parts), frame))
             return
         for offset in range(0, frame.height, rows_per_part):
@@ -179,10 +222,7 @@ class RawCacheWriter:
         if not sha:
             raise ValueError("a raw cache needs the sha256 of the file it describes")
         size = source_size if source_size is not None else self.source_size
-        tables = {
-            name: CachedTable(name, sum(part.rows for part in parts), self._columns[name], tuple(parts))
-            for name, parts in self._tables.items()
-        }
+        tables = {name: _cached_table(name, self._groups[name], parts) for name, parts in self._tables.items()}
         document = {
             "format_version": FORMAT_VERSION,
             "source_sha256": sha,
@@ -227,11 +267,29 @@ class RawCacheWriter:
         rowids = frame[ROWID]
         return CachePart(
             file=name,
+            columns=tuple(column for column in frame.columns if column != ROWID),
             rows=frame.height,
             bytes=(self.directory / name).stat().st_size,
             first_rowid=None if frame.is_empty() else int(rowids.min()),  # type: ignore[arg-type]
             last_rowid=None if frame.is_empty() else int(rowids.max()),  # type: ignore[arg-type]
         )
+
+
+def _cached_table(name: str, groups: Sequence[tuple[str, ...]], parts: Sequence[CachePart]) -> CachedTable:
+    """The table as the manifest describes it; refused when its column groups hold different rows."""
+    shapes = set()
+    for group in groups:
+        held = [part for part in parts if part.columns == group and part.rows]
+        shapes.add((
+            sum(part.rows for part in held),
+            min((part.first_rowid for part in held), default=None),
+            max((part.last_rowid for part in held), default=None),
+        ))
+    if len(shapes) > 1:
+        raise ValueError(f"table {name!r}: its column groups hold different rows ({sorted(shapes, key=str)})")
+    rows = next(iter(shapes))[0] if shapes else 0
+    columns = tuple(column for group in groups for column in group)
+    return CachedTable(name, rows, columns, tuple(parts))
 
 
 def open_raw_cache(directory: Path, source_sha256: str, source_size: int | None = None) -> RawCache | None:
@@ -246,13 +304,13 @@ def open_raw_cache(directory: Path, source_sha256: str, source_size: int | None 
         return None
     try:
         document = json.loads(manifest.read_text(encoding="utf-8"))
+        if document.get("format_version") != FORMAT_VERSION:
+            logger.info("raw cache in %s has format version %s, not %s; not used",
+                        directory, document.get("format_version"), FORMAT_VERSION)
+            return None
         cache = _cache_from_manifest(directory, document)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         logger.warning("raw cache in %s is unreadable (%s); not used", directory, error)
-        return None
-    if document.get("format_version") != FORMAT_VERSION:
-        logger.info("raw cache in %s has format version %s, not %s; not used",
-                    directory, document.get("format_version"), FORMAT_VERSION)
         return None
     if cache.source_sha256 != source_sha256:
         logger.info("raw cache in %s describes another file (sha256 %s, not %s); not used",
@@ -271,7 +329,7 @@ def open_raw_cache(directory: Path, source_sha256: str, source_size: int | None 
 def _cache_from_manifest(directory: Path, document: dict[str, Any]) -> RawCache:
     tables = {}
     for entry in document["tables"]:
-        parts = tuple(CachePart(**part) for part in entry["parts"])
+        parts = tuple(CachePart(**{**part, "columns": tuple(part["columns"])}) for part in entry["parts"])
         tables[entry["name"]] = CachedTable(entry["name"], int(entry["rows"]), tuple(entry["columns"]), parts)
     return RawCache(directory, str(document["source_sha256"]), document.get("source_size"), tables)
 
@@ -360,7 +418,10 @@ class FrameHandoff:
     """The profiler's frames on their way on: written to a raw cache (for the cleaner, in a background
     thread) and, while they fit in `keep_bytes`, also kept in memory (for the scorer and the rules).
 
-    `add` is the profiler's `on_table` hook; `commit` waits for the writes and makes the cache whole;
+    `add` is the profiler's `on_table` hook: a table arrives whole, or one column group at a time.
+    Only tables that arrived whole are kept: one that comes in groups is too big to hold while the
+    profiler goes on, so its first group is let go when the second arrives. At most one frame waits
+    to be written while the next is read. `commit` waits for the writes and makes the cache whole;
     `loader(cache)` serves `(table, columns)` from memory when kept, else from the cache.
     """
 
@@ -369,13 +430,20 @@ class FrameHandoff:
         self._keep_bytes = keep_bytes
         self._kept: dict[str, pl.DataFrame] = {}
         self._kept_bytes = 0
+        self._seen: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-cache")
         self._writes: list[Future[None]] = []
 
     def add(self, table: str, frame: pl.DataFrame) -> None:
+        if self._writes:
+            self._writes[-1].result()
         self._writes.append(self._pool.submit(self._writer.add, table, frame))
+        grouped = table in self._seen
+        self._seen.add(table)
+        if grouped and table in self._kept:
+            self._kept_bytes -= self._kept.pop(table).estimated_size()
         size = frame.estimated_size()
-        if self._kept_bytes + size <= self._keep_bytes:
+        if not grouped and self._kept_bytes + size <= self._keep_bytes:
             self._kept[table] = frame
             self._kept_bytes += size
 

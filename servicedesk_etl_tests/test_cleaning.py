@@ -585,13 +585,19 @@ def test_every_planted_demo_cell_has_its_expected_value_and_duplicates_are_quara
 # --- the raw cache handed over by the profiler, and the stored cache of the cleaned file -------------
 
 
-def raw_cache_of(source: Path, directory: Path, *, part_cells: int = raw_cache.PART_CELLS) -> raw_cache.RawCache:
-    """What the profiler hands over: every table of `source` as `read_rows` gives it."""
+def raw_cache_of(
+    source: Path, directory: Path, *, part_cells: int = raw_cache.PART_CELLS, group_width: int | None = None
+) -> raw_cache.RawCache:
+    """What the profiler hands over: every table of `source` as `read_rows` gives it, whole or (with
+    `group_width`) that many columns at a time, as the profiler hands over a table too big for one read."""
     with closing(open_readonly(source)) as conn, raw_cache.RawCacheWriter(
         directory, file_sha256(source), source.stat().st_size, part_cells=part_cells
     ) as writer:
         for table in list_tables(conn):
-            writer.add(table, read_rows(conn, table))
+            frame = read_rows(conn, table)
+            width = group_width or max(1, frame.width - 1)
+            for start in range(1, max(frame.width, 2), width):
+                writer.add(table, frame.select(ROWID, *frame.columns[start : start + width]))
     cache = raw_cache.open_raw_cache(directory, file_sha256(source))
     assert cache is not None
     return cache
@@ -642,6 +648,22 @@ def test_cleaning_from_the_raw_cache_writes_the_same_file_as_reading_sqlite(
     assert quarantine_entries(from_cache.output) == quarantine_entries(from_sqlite.output)
     assert from_cache.reconciliation == from_sqlite.reconciliation and from_cache.reconciled
     assert from_cache.duplicates_removed == {"comments": 4, "tickets": 0}
+
+
+@pytest.mark.parametrize("chunk_rows", [3, cleaning.READ_CHUNK_ROWS])
+def test_cleaning_from_a_cache_written_in_column_groups_writes_the_same_file_as_reading_sqlite(
+    tickets_and_comments, tmp_path, monkeypatch, chunk_rows
+):
+    source, plan = tickets_and_comments
+    monkeypatch.setattr(cleaning, "READ_CHUNK_ROWS", chunk_rows)
+    cache = raw_cache_of(source, tmp_path / "raw", part_cells=8, group_width=2)
+    assert len(cache.tables["tickets"].column_groups()) > 1
+    from_sqlite = clean_snapshot(source, plan, tmp_path / "from_sqlite.db")
+    from_cache = clean_snapshot(source, plan, tmp_path / "from_cache.db", raw_cache=cache, stored_cache_dir=tmp_path / "stored")
+    assert_same_files(from_sqlite.output, from_cache.output)
+    assert quarantine_entries(from_cache.output) == quarantine_entries(from_sqlite.output)
+    assert from_cache.reconciliation == from_sqlite.reconciliation and from_cache.reconciled
+    assert_stored_cache_matches(from_cache, plan)
 
 
 def test_the_cleaner_takes_the_values_from_the_cache_it_is_given(tickets, tmp_path):

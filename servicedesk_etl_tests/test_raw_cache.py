@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sqlite3
@@ -232,3 +233,119 @@ def test_a_discarded_handoff_leaves_no_cache(source, tmp_path):
     handoff.discard()
     assert open_raw_cache(tmp_path / "raw", file_sha256(source)) is None
     assert not [path for path in (tmp_path / "raw").iterdir() if path.suffix == ".arrow"]
+
+
+# --- tables written a few columns at a time ------------------------------------------------------
+
+WIDE_ROWIDS = [*range(1, 30), *range(40, 80, 3), 1000, 1001]
+
+
+@pytest.fixture
+def wide_source(tmp_path: Path) -> Path:
+    """MIXED_SQL plus a table of every storage class in five columns, with gaps in its rowids."""
+    path = tmp_path / "wide.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(MIXED_SQL)
+        conn.execute("CREATE TABLE wide (a INTEGER, b TEXT, c REAL, d BLOB, e)")
+        kinds = [lambda n: n, lambda n: f"t{n}", lambda n: n / 4, lambda n: bytes([n % 256]), lambda n: None]
+        conn.executemany(
+            "INSERT INTO wide (rowid, a, b, c, d, e) VALUES (?, ?, ?, ?, ?, ?)",
+            [(rowid, *(kinds[(rowid + k) % 5](rowid) for k in range(5))) for rowid in WIDE_ROWIDS],
+        )
+        conn.commit()
+    return path
+
+
+def write_in_column_groups(path: Path, directory: Path, grouped: dict[str, int], part_cells: int) -> dict[str, pl.DataFrame]:
+    """Tables named in `grouped` written that many columns at a time (every row each time); the others
+    row chunk by row chunk, as the cleaner writes them."""
+    frames = frames_of(path)
+    with RawCacheWriter(directory, file_sha256(path), path.stat().st_size, part_cells=part_cells) as writer:
+        for table, frame in frames.items():
+            columns = frame.columns[1:]
+            if table in grouped:
+                for start in range(0, len(columns), grouped[table]):
+                    writer.add(table, frame.select(ROWID, *columns[start : start + grouped[table]]))
+            else:
+                for offset in range(0, max(frame.height, 1), 2):
+                    writer.add(table, frame.slice(offset, 2))
+    return frames
+
+
+RANGES = [None, (1, 1), (0, 4), (5, 28), (29, 45), (46, 999), (1001, 5000), (2000, 3000), (-5, 10_000)]
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+@pytest.mark.parametrize("part_cells", [6, raw_cache.PART_CELLS])
+def test_a_cache_written_in_column_groups_reads_back_equal_to_read_rows_for_any_columns_and_range(
+    wide_source, tmp_path, width, part_cells
+):
+    frames = write_in_column_groups(wide_source, tmp_path / "raw", {"wide": width, "odd table": 2}, part_cells)
+    cache = open_raw_cache(tmp_path / "raw", file_sha256(wide_source))
+    assert cache is not None
+    for table, frame in frames.items():
+        columns = frame.columns[1:]
+        assert cache.row_count(table) == frame.height and cache.columns(table) == tuple(columns)
+        subsets = [list(combo) for size in range(len(columns) + 1) for combo in itertools.combinations(columns, size)]
+        subsets.append(columns[::-1])
+        for names, rows in itertools.product(subsets, RANGES):
+            expected = frame.select(ROWID, *names)
+            if rows is not None:
+                expected = expected.filter(pl.col(ROWID).is_between(*rows))
+            assert cache.read(table, names, rows).equals(expected), (table, names, rows)
+
+
+def test_a_wide_table_is_stored_in_parts_of_one_column_group_each(wide_source, tmp_path):
+    write_in_column_groups(wide_source, tmp_path / "raw", {"wide": 2}, part_cells=30)
+    cache = open_raw_cache(tmp_path / "raw", file_sha256(wide_source))
+    assert cache is not None
+    table = cache.tables["wide"]
+    assert table.column_groups() == [("a", "b"), ("c", "d"), ("e",)]
+    assert [part.rows for part in table.parts_of(("a", "b"))] == [10, 10, 10, 10, 5]  # 30 cells of 3 columns
+    assert [part.rows for part in table.parts_of(("e",))] == [15, 15, 15]
+
+
+def test_column_groups_holding_different_rows_are_refused(wide_source, tmp_path):
+    frame = frames_of(wide_source)["wide"]
+    writer = RawCacheWriter(tmp_path / "raw", file_sha256(wide_source))
+    writer.add("wide", frame.select(ROWID, "a", "b"))
+    writer.add("wide", frame.select(ROWID, "c").head(10))
+    with pytest.raises(ValueError, match="different rows"):
+        writer.commit()
+
+
+def test_a_group_repeating_a_column_of_an_earlier_group_is_refused(wide_source, tmp_path):
+    frame = frames_of(wide_source)["wide"]
+    writer = RawCacheWriter(tmp_path / "raw", file_sha256(wide_source))
+    writer.add("wide", frame.select(ROWID, "a", "b"))
+    writer.add("wide", frame.select(ROWID, "c"))
+    with pytest.raises(ValueError, match="columns"):
+        writer.add("wide", frame.select(ROWID, "b", "d"))
+
+
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30])
+def test_the_handoff_serves_a_table_handed_in_column_groups_like_one_handed_whole(wide_source, tmp_path, keep_bytes):
+    frame = frames_of(wide_source)["wide"]
+    handoff = FrameHandoff(tmp_path / "raw", keep_bytes=keep_bytes)
+    for group in (["a", "b"], ["c"], ["d", "e"]):
+        handoff.add("wide", frame.select(ROWID, *group))
+    cache = handoff.commit(file_sha256(wide_source), wide_source.stat().st_size)
+    load = handoff.loader(cache)
+    for names in (["e", "a"], ["c"], ["b", "d", "c"], []):
+        assert load("wide", names).equals(frame.select(ROWID, *names)), names
+    assert cache.read("wide").equals(frame)
+
+
+def test_the_handoff_keeps_tables_that_arrive_whole_and_lets_go_of_tables_that_arrive_in_groups(wide_source, tmp_path):
+    frames = frames_of(wide_source)
+    handoff = FrameHandoff(tmp_path / "raw", keep_bytes=1 << 30)
+    handoff.add("odd table", frames["odd table"])
+    handoff.add("wide", frames["wide"].select(ROWID, "a", "b"))
+    handoff.add("wide", frames["wide"].select(ROWID, "c", "d", "e"))
+    cache = handoff.commit(file_sha256(wide_source), wide_source.stat().st_size)
+    for part in (tmp_path / "raw").glob("*.arrow"):
+        part.unlink()  # from now on only what is kept in memory can be served
+    load = handoff.loader(cache)
+    assert load("odd table", ["loose", "id"]).equals(frames["odd table"].select(ROWID, "loose", "id"))
+    with pytest.raises(OSError):
+        load("wide", ["a"])

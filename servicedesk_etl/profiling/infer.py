@@ -110,8 +110,10 @@ def profile_database(
     """The plan for the SQLite file at `path`, opened read-only.
 
     `progress(table, rows_done, rows_total)` is called as each table is finished. `on_table(table,
-    raw)` is called once per table that is not sampled, with the table's whole raw frame exactly as
-    `values.read_rows(conn, table)` returns it, right after it is read (so callers need not read it again).
+    raw)` is called for every table that is not sampled, right after its values are read (so callers
+    need not read them again): once with the whole raw frame exactly as `values.read_rows(conn, table)`
+    returns it, or, for a table of more than `CELLS_PER_READ` cells, once per group of a few columns,
+    each time with every row (`read_rows(conn, table, group)`); each column comes exactly once.
     """
     conn = open_readonly(path)
     # The checksum is computed on a thread while the tables are profiled (hashing releases the GIL).
@@ -174,11 +176,15 @@ def profile_table(
         log.info("table %s: %d rows, profiling a seeded sample of about %d", table, total, settings.sample_rows)
     names = dict(zip(columns, pg_names([column.name for column in columns])))
     rows = min(total, settings.sample_rows) if sampled else total
-    in_one_read = on_table is not None or rows * len(columns) <= CELLS_PER_READ
-    whole = read_rows(conn, table) if in_one_read and not sampled else None
+    whole = read_rows(conn, table) if rows * len(columns) <= CELLS_PER_READ and not sampled else None
     if whole is not None and on_table is not None:
         on_table(table, whole)
-    raws = ((c, whole[c.name]) for c in columns) if whole is not None else _raw_columns(conn, table, columns, sample, rows)
+    group_hook = None if sampled or on_table is None else partial(on_table, table)
+    raws = (
+        ((c, whole[c.name]) for c in columns)
+        if whole is not None
+        else _raw_columns(conn, table, columns, sample, rows, group_hook)
+    )
     plans = []
     for column, plan in zip(columns, plan_columns(((c, raw, names[c].pg_name) for c, raw in raws), settings)):
         mapping = names[column]
@@ -195,7 +201,9 @@ def profile_table(
     elif not sampled:
         few = {plan.name for plan in plans if (plan.profile.rows - plan.profile.distinct_values) * 2 <= plan.profile.rows}
         repeated_rows = partial(_repeated_in_table, conn, table, cache(partial(_repeated_rowids, conn, table)), few)
-    key_columns, key_note = _key_columns(columns, plans, repeated_rows)
+    # In memory, one column at a time copies least; from SQLite, as many as one read may hold.
+    columns_per_read = 1 if whole is not None else max(1, CELLS_PER_READ // max(total, 1) - 1)
+    key_columns, key_note = _key_columns(columns, plans, repeated_rows, columns_per_read)
     if key_note:
         plans = [
             dataclasses.replace(plan, reason=f"{plan.reason}; {key_note}") if plan.name in key_columns else plan
@@ -212,13 +220,21 @@ def profile_table(
 
 
 def _raw_columns(
-    conn: sqlite3.Connection, table: str, columns: Sequence[SourceColumn], sample: RowSample | None, rows: int
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[SourceColumn],
+    sample: RowSample | None,
+    rows: int,
+    on_group: Callable[[pl.DataFrame], None] | None = None,
 ) -> Iterator[tuple[SourceColumn, pl.Series]]:
-    """Each column's raw values, read a few columns at a time so memory stays flat for wide, long tables."""
+    """Each column's raw values, read a few columns at a time so memory stays flat for wide, long tables
+    (`on_group(frame)` gets each group's frame as it is read)."""
     width = max(1, CELLS_PER_READ // max(rows, 1))
     for start in range(0, len(columns), width):
         group = columns[start : start + width]
         frame = read_rows(conn, table, [column.name for column in group], sample)
+        if on_group is not None:
+            on_group(frame)
         for column in group:
             yield column, frame[column.name]
         del frame
@@ -920,13 +936,14 @@ def _key_columns(
     columns: Sequence[SourceColumn],
     plans: Sequence[ColumnPlan],
     repeated_rows: RepeatedRows | None,
+    columns_per_read: int = 1,
 ) -> tuple[tuple[str, ...], str]:
     """One column that identifies rows: the declared single primary key, else the first id-like one.
 
     A column repeated only by whole duplicate rows still qualifies (the duplicates are removed
     downstream); the note says so. `repeated_rows(name, others)` gives columns `name` and `others`
-    of the rows whose `name` repeats; it is None for sampled tables, where only strict uniqueness
-    counts.
+    of the rows whose `name` repeats (asked for `columns_per_read` others at a time); it is None for
+    sampled tables, where only strict uniqueness counts.
     """
     rows = {plan.name: plan for plan in plans}
 
@@ -942,9 +959,13 @@ def _key_columns(
         others = [column.name for column in columns if column.name != name]
         repeated = repeated_rows(name, others[:1])
         keys = repeated[name].n_unique()
-        for position, other in enumerate(others):
-            pair = repeated if position == 0 else repeated_rows(name, (other,))
-            if pair.select(name, other).n_unique() != keys:
+        if others and repeated.select(name, others[0]).n_unique() != keys:
+            return None  # the usual answer, from the cheapest read
+        width = max(1, columns_per_read)
+        for start in range(1, len(others), width):
+            batch = others[start : start + width]
+            frame = repeated_rows(name, batch)
+            if any(frame.select(name, other).n_unique() != keys for other in batch):
                 return None
         return repeated.height - keys
 

@@ -358,6 +358,39 @@ def test_each_table_read_whole_is_handed_over_once_exactly_as_read_rows_returns_
         assert raw.equals(read_rows(source, table)), table
 
 
+def test_a_table_too_big_for_one_read_is_handed_over_a_few_columns_at_a_time_each_column_once(
+    tmp_path, monkeypatch
+):
+    from servicedesk_etl.profiling import infer
+    from servicedesk_etl.profiling.values import ROWID, read_rows
+
+    path = tmp_path / "wide.db"
+    conn = sqlite3.connect(path)
+    conn.execute('CREATE TABLE big ("Ticket ID" INTEGER, created TEXT, amount TEXT, flag TEXT, note, id2 INTEGER)')
+    conn.executemany("INSERT INTO big VALUES (?, ?, ?, ?, ?, ?)", [
+        (n, f"{n % 28 + 1:02d}/05/2025", f"{n},5" if n % 3 else "", "Yes" if n % 2 else "No", n / 3 if n % 5 else b"x", n // 2)
+        for n in range(60)
+    ])
+    conn.execute("CREATE TABLE small (x TEXT)")
+    conn.execute("INSERT INTO small VALUES ('1'), ('2')")
+    conn.commit()
+    conn.close()
+    whole_plan = profile_database(path)
+    monkeypatch.setattr(infer, "CELLS_PER_READ", 130)  # 60 rows: two columns a read
+    handed: list[tuple[str, object]] = []
+    grouped_plan = profile_database(path, on_table=lambda table, raw: handed.append((table, raw)))
+    source = open_readonly(path)
+    big = read_rows(source, "big")
+    groups = [raw.columns[1:] for table, raw in handed if table == "big"]
+    assert groups == [["Ticket ID", "created"], ["amount", "flag"], ["note", "id2"]]
+    for table, raw in handed:
+        expected = big.select(ROWID, *raw.columns[1:]) if table == "big" else read_rows(source, table)
+        assert raw.equals(expected), (table, raw.columns)
+    assert [table for table, _ in handed].count("small") == 1
+    assert grouped_plan.tables == whole_plan.tables
+    assert profile_database(path).tables == whole_plan.tables
+
+
 def test_a_sampled_table_is_not_handed_over(tmp_path):
     path = snapshot(tmp_path / "s.db", "CREATE TABLE t (n INTEGER)", [(n,) for n in range(500)])
     handed: list[str] = []
