@@ -12,8 +12,10 @@ row, folded column by column as columns are reduced, and an exact comparison of 
 repeats.
 
 Distinct tables are built lazily, once per column (or column pair), and shared by every thread: one
-source may serve the scorer and the rule engine at once. Only distinct values and one hash per row
-are kept; frames are asked for a column or two at a time.
+source may serve the scorer and the rule engine at once. They may also be built ahead: a
+`FramePreparer` builds every column's from each table's frame as the profiler hands it on, on a
+thread of its own while the profiler decides, so once the plan exists only the counting is left.
+Only distinct values and one hash per row are kept; frames are asked for a column or two at a time.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -77,6 +79,8 @@ _INT64_HIGH = 2.0**63
 _FIELD_OF_CLASS = {"integer": "i", "real": "r", "text": "s", "badtext": "b", "blob": "b"}
 _HOLES = {"integer": "?", "real": "?", "text": "?", "blob": "?", "badtext": "CAST(? AS TEXT)", "null": "NULL"}
 _ONLY_FIELD_CLASS = {"i": "integer", "r": "real", "s": "text"}
+DEFAULT_PREPARE_BUDGET = 32 * 2**20  # distinct tables built while the profiler still holds its frames
+DEFAULT_PREPARE_ROWS = 500_000  # rows of the largest frame prepared while the profiler works
 
 
 class UnsupportedSchema(ValueError):
@@ -142,6 +146,8 @@ class _Distinct:
 
     conn: sqlite3.Connection
     rows: int
+    values: int = 0  # rows of `d`
+    bytes: int = 0  # size of the in-memory database
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -178,13 +184,15 @@ class FrameSource:
     def __init__(
         self,
         schema: Mapping[str, Sequence[SourceColumn]],
-        frames: Mapping[str, pl.DataFrame] | FrameLoader,
+        frames: Mapping[str, pl.DataFrame] | FrameLoader | None,
         *,
         label: str = "frames",
     ) -> None:
         self.label = label
         self._schema = {table: tuple(columns) for table, columns in schema.items()}
-        self._load: FrameLoader = frames if callable(frames) else _mapping_loader(frames)
+        self._load: FrameLoader = _unserved
+        if frames is not None:
+            self.serve(frames)
         self._guard = threading.Lock()
         self._distinct: dict[tuple[str, ...], _Distinct] = {}
         self._building: dict[tuple[str, ...], threading.Event] = {}
@@ -192,6 +200,36 @@ class FrameSource:
         self._answer_locks: dict[tuple[Any, ...], threading.Lock] = {}
         self._rows: dict[str, int] = {}
         self._row_hashes: dict[str, _RowHash] = {}
+
+    def serve(self, frames: Mapping[str, pl.DataFrame] | FrameLoader) -> None:
+        """Answer from `frames` (a mapping or a loader) from now on: what `prepare` built stays."""
+        self._load = frames if callable(frames) else _mapping_loader(frames)
+
+    def prepare(self, table: str, frame: pl.DataFrame) -> int:
+        """Build the one-column distinct tables of the columns `frame` holds (every row of `table`), and
+        fold their row hashes, as the profiler hands the frame on, before any plan exists: measures
+        asked later only count. Returns the bytes of the distinct tables built."""
+        held = set(frame.columns)
+        units = [("column", table, column.name) for column in self._schema.get(table, ()) if column.name in held]
+        with self._guard:
+            self._rows.setdefault(table, frame.height)
+            claimed = [unit for unit in units if unit not in self._distinct and unit not in self._building]
+            for unit in claimed:
+                self._building[unit] = threading.Event()
+        built = 0
+        try:
+            for unit in claimed:
+                distinct = self._build_unit(table, frame, [unit[2]])
+                built += distinct.bytes
+                with self._guard:
+                    self._distinct[unit] = distinct
+                    self._building.pop(unit).set()
+        finally:
+            with self._guard:
+                for unit in claimed:
+                    if unit in self._building:
+                        self._building.pop(unit).set()
+        return built
 
     @contextmanager
     def connected(self) -> Iterator[FrameSource]:
@@ -234,11 +272,10 @@ class FrameSource:
         counts: dict[Measure, int] = {}
         if any(measure.kind == m.ROWS for measure in wanted):
             counts[Measure(m.ROWS)] = self._row_count(table)
+        units = sorted(by_unit, key=self._size, reverse=True)  # the longest first: workers end together
         with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="frame-source") as pool:
-            units = list(by_unit)
             found = [
-                pool.submit(self._unit_counts, table, unit, unit_measures, markers, classed, units)
-                for unit, unit_measures in by_unit.items()
+                pool.submit(self._unit_counts, table, unit, by_unit[unit], markers, classed, units) for unit in units
             ]
             for future in found:
                 counts.update(future.result())
@@ -263,6 +300,12 @@ class FrameSource:
                     self._answers.update({keys[measure]: value for measure, value in found.items()})
             with self._guard:
                 return {measure: self._answers[keys[measure]] for measure in measures}
+
+    def _size(self, unit: tuple[str, ...]) -> int:
+        """Rows of the unit's distinct table, 0 while it is not built."""
+        with self._guard:
+            built = self._distinct.get(unit)
+        return built.values if built is not None else 0
 
     def _row_count(self, table: str) -> int:
         with self._guard:
@@ -434,7 +477,71 @@ class FrameSource:
             return value
 
 
+class FramePreparer:
+    """Prepares a `FrameSource` from each table's frame on a background thread while the profiler
+    decides that table and reads the next (`add` is a profiler `on_table` hook). `finish` waits and
+    hands the source over; only the plan-dependent counting is then left.
+
+    Memory stays bounded: one frame at a time is prepared (`add` first waits for the previous one,
+    so no frame is held longer than the profiler holds it); a frame of more than `max_rows` rows is
+    not prepared (its work would add to the profiler's peak), nor is any once the distinct tables
+    built reach `budget_bytes`. Columns not prepared are built when first measured, as before."""
+
+    def __init__(
+        self, source: FrameSource, budget_bytes: int = DEFAULT_PREPARE_BUDGET, max_rows: int = DEFAULT_PREPARE_ROWS
+    ) -> None:
+        self._source = source
+        self._budget = budget_bytes
+        self._max_rows = max_rows
+        self._built = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-prepare")
+        self._pending: Future[int] | None = None
+
+    def add(self, table: str, frame: pl.DataFrame) -> None:
+        self._wait()
+        if self._built < self._budget and frame.height <= self._max_rows:
+            self._pending = self._pool.submit(self._source.prepare, table, frame)
+
+    def finish(self, frames: Mapping[str, pl.DataFrame] | FrameLoader) -> FrameSource:
+        """The prepared source, answering from `frames` for anything not prepared."""
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+        self._source.serve(frames)
+        return self._source
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._built += pending.result()
+
+    def discard(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._source.close()
+
+
+def frame_preparer(
+    path: Path | str,
+    label: str | None = None,
+    budget_bytes: int = DEFAULT_PREPARE_BUDGET,
+    max_rows: int = DEFAULT_PREPARE_ROWS,
+) -> FramePreparer | None:
+    """A preparer of a source over the frames of the SQLite file at `path`, or None when the file
+    compares text in a way only SQLite itself reproduces (`UnsupportedSchema`)."""
+    try:
+        schema = sqlite_schema(path)
+    except UnsupportedSchema as reason:
+        log.info("no frame source for %s: %s", path, reason)
+        return None
+    return FramePreparer(FrameSource(schema, None, label=label or f"sqlite:{path}"), budget_bytes, max_rows)
+
+
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _unserved(table: str, columns: Sequence[str]) -> pl.DataFrame:
+    raise RuntimeError(f"FrameSource asked for {table} before it was given frames (call serve first)")
 
 
 def _mapping_loader(frames: Mapping[str, pl.DataFrame]) -> FrameLoader:
@@ -535,7 +642,8 @@ def _load_distinct(parts: list[_Part], affinities: list[str], rows: int) -> _Dis
             values = zip(*(chunk.get_column(name).to_list() for name in chunk.columns), strict=True)
             _insert_rows(conn, f"({holes}, ?)", len(chunk.columns), list(chain.from_iterable(values)))
     conn.commit()
-    return _Distinct(conn, rows)
+    (pages,), (page_size,) = conn.execute("PRAGMA page_count").fetchone(), conn.execute("PRAGMA page_size").fetchone()
+    return _Distinct(conn, rows, sum(part.values.height for part in parts), pages * page_size)
 
 
 def _insert_rows(conn: sqlite3.Connection, row_holes: str, width: int, flat: list[Any]) -> None:
@@ -630,4 +738,12 @@ def _keys(fields: pl.DataFrame, position: int) -> pl.DataFrame:
     return fields.select(keys)
 
 
-__all__ = ["FrameLoader", "FrameSource", "UnsupportedSchema", "frame_source", "sqlite_schema"]
+__all__ = [
+    "FrameLoader",
+    "FramePreparer",
+    "FrameSource",
+    "UnsupportedSchema",
+    "frame_preparer",
+    "frame_source",
+    "sqlite_schema",
+]

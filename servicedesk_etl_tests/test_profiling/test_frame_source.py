@@ -22,6 +22,7 @@ from servicedesk_etl.profiling import sources as m
 from servicedesk_etl.profiling.frame_source import (
     FrameSource,
     UnsupportedSchema,
+    frame_preparer,
     frame_source,
     sqlite_schema,
 )
@@ -85,6 +86,35 @@ def raw_frames(path: Path) -> dict[str, pl.DataFrame]:
         conn.close()
 
 
+def prepared_source(path: Path) -> FrameSource:
+    """A source prepared table by table from the frames as the profiler hands them on, then served them."""
+    frames = raw_frames(path)
+    preparer = frame_preparer(path)
+    assert preparer is not None
+    for table, frame in frames.items():
+        preparer.add(table, frame)
+    return preparer.finish(frames)
+
+
+def prepared_in_groups_source(path: Path) -> FrameSource:
+    """A source prepared from frames of three columns each (every row), as a wide, long table is handed on."""
+    frames = raw_frames(path)
+    preparer = frame_preparer(path)
+    assert preparer is not None
+    for table, frame in frames.items():
+        names = frame.columns[1:]
+        for start in range(0, len(names), 3):
+            preparer.add(table, frame.select(frame.columns[0], *names[start : start + 3]))
+    return preparer.finish(frames)
+
+
+def loaded_source(path: Path) -> FrameSource:
+    return frame_source(path, raw_frames(path))
+
+
+SOURCES = {"loaded": loaded_source, "prepared": prepared_source, "prepared_in_groups": prepared_in_groups_source}
+
+
 def replay(source: FrameSource, calls: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
     """Each recorded question asked again of `source`, with the answer it gives."""
     answers = []
@@ -114,12 +144,13 @@ def assert_answers_like_sqlite(path: Path) -> None:
     rules = evaluate_rules(recorder, plan, packs, now=NOW)
     assert recorder.calls, "the scorer and the rule engine asked nothing"
 
-    frames = frame_source(path, raw_frames(path))
-    assert frames.tables() == recorder.tables()
-    assert all(frames.columns(table) == recorder.columns(table) for table in recorder.tables())
-    assert replay(frames, recorder.calls) == recorder.calls
-    assert comparable(score_quality(frames, plan).to_dict()) == comparable(score.to_dict())
-    assert comparable(evaluate_rules(frames, plan, packs, now=NOW).to_dict()) == comparable(rules.to_dict())
+    for make in SOURCES.values():
+        frames = make(path)
+        assert frames.tables() == recorder.tables()
+        assert all(frames.columns(table) == recorder.columns(table) for table in recorder.tables())
+        assert replay(frames, recorder.calls) == recorder.calls
+        assert comparable(score_quality(frames, plan).to_dict()) == comparable(score.to_dict())
+        assert comparable(evaluate_rules(frames, plan, packs, now=NOW).to_dict()) == comparable(rules.to_dict())
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +255,9 @@ def awkward(tmp_path: Path) -> Path:
     return build_awkward(tmp_path / "awkward.sqlite")
 
 
-def test_awkward_values_are_counted_as_sqlite_counts_them(awkward: Path) -> None:
-    sqlite, frames = sqlite_source(awkward), frame_source(awkward, raw_frames(awkward))
+@pytest.mark.parametrize("make", SOURCES.values(), ids=SOURCES.keys())
+def test_awkward_values_are_counted_as_sqlite_counts_them(awkward: Path, make: Any) -> None:
+    sqlite, frames = sqlite_source(awkward), make(awkward)
     names = [name.strip('"') for name in awkward_names()]
     for index, column in enumerate(names):
         other = names[(index + 5) % len(names)]
@@ -245,8 +277,9 @@ def test_awkward_values_include_what_they_claim(awkward: Path) -> None:
     assert counts[Measure(m.CRLF, "c 1 TEXT")] == 2  # "\t\r\n" and "line\r\nbreak"
 
 
-def test_duplicate_rows_compare_as_sqlite_distinct(awkward: Path) -> None:
-    frames = frame_source(awkward, raw_frames(awkward))
+@pytest.mark.parametrize("make", SOURCES.values(), ids=SOURCES.keys())
+def test_duplicate_rows_compare_as_sqlite_distinct(awkward: Path, make: Any) -> None:
+    frames = make(awkward)
     assert frames.duplicate_rows("dups") == sqlite_source(awkward).duplicate_rows("dups")
     # 1 = 1.0, -0.0 = 0, the blob repeated, the NULL row repeated; '1' <> 1, 2**53 + 1 <> 2.0**53, b'x' <> 'x'
     assert frames.duplicate_rows("dups") == 4
@@ -255,9 +288,10 @@ def test_duplicate_rows_compare_as_sqlite_distinct(awkward: Path) -> None:
     assert frames.duplicate_rows("wide") == sqlite_source(awkward).duplicate_rows("wide") == 7  # 3 rows, 1 = 1.0
 
 
+@pytest.mark.parametrize("make", SOURCES.values(), ids=SOURCES.keys())
 @pytest.mark.parametrize("ignore", [(), ("0",), ("3", "x")])
-def test_orphans_compare_keys_as_sqlite_does(awkward: Path, ignore: tuple[str, ...]) -> None:
-    frames, sqlite = frame_source(awkward, raw_frames(awkward)), sqlite_source(awkward)
+def test_orphans_compare_keys_as_sqlite_does(awkward: Path, ignore: tuple[str, ...], make: Any) -> None:
+    frames, sqlite = make(awkward), sqlite_source(awkward)
     for child, parent in [("ref", "id"), ("id", "ref"), ("c 0 ", "c 2 INTEGER"), ("c 3 REAL", "c 1 TEXT")]:
         link = Link("awkward table", child, "awkward table", parent, ignore)
         assert frames.orphans(link) == sqlite.orphans(link), link
@@ -299,6 +333,61 @@ def test_a_loader_is_asked_for_a_bounded_number_of_cells_at_a_time(demo: Path, m
     calls_after_first_score = len(asked)
     score_quality(loaded, plan)
     assert len(asked) == calls_after_first_score  # distinct values are kept; nothing is loaded twice
+
+
+def test_a_prepared_source_loads_no_column_it_was_handed(demo: Path) -> None:
+    frames = raw_frames(demo)
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def load(table: str, columns: Sequence[str]) -> pl.DataFrame:
+        asked.append((table, tuple(columns)))
+        return frames[table].select(list(columns))
+
+    preparer = frame_preparer(demo)
+    assert preparer is not None
+    for table, frame in frames.items():
+        preparer.add(table, frame)
+    source = preparer.finish(load)
+    plan = profile_database(demo)
+    score_quality(source, plan)
+    evaluate_rules(source, plan, now=NOW)
+    # left to load: column pairs, and whole rows whose hashes repeat (to compare them exactly)
+    widths = {table: len(columns) for table, columns in sqlite_schema(demo).items()}
+    assert asked
+    assert all(len(columns) in (2, widths[table]) for table, columns in asked), asked
+
+
+@pytest.mark.parametrize("limits", [{"budget_bytes": 1}, {"max_rows": 0}], ids=["budget", "rows"])
+def test_a_preparer_stops_at_its_limits_and_the_rest_is_built_when_measured(demo: Path, limits: Any) -> None:
+    frames = raw_frames(demo)
+    asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def load(table: str, columns: Sequence[str]) -> pl.DataFrame:
+        asked.append((table, tuple(columns)))
+        return frames[table].select(list(columns))
+
+    preparer = frame_preparer(demo, **limits)
+    assert preparer is not None
+    for table, frame in frames.items():
+        preparer.add(table, frame)
+    source = preparer.finish(load)
+    plan = profile_database(demo)
+    assert comparable(score_quality(source, plan).to_dict()) == comparable(
+        score_quality(sqlite_source(demo), plan).to_dict()
+    )
+    first, *rest = frames
+    assert set(rest) <= {table for table, _ in asked}  # built when measured
+    widths = {table: len(columns) for table, columns in sqlite_schema(demo).items()}
+    first_prepared = all(len(columns) in (2, widths[first]) for table, columns in asked if table == first)
+    assert first_prepared == ("budget_bytes" in limits)  # a budget is spent by the first frame; no frame fits 0 rows
+
+
+def test_a_source_asked_before_it_is_served_says_so(demo: Path) -> None:
+    unserved = FrameSource(sqlite_schema(demo), None)
+    with pytest.raises(RuntimeError, match="before it was given frames"):
+        unserved.measure("tickets", [Measure(m.MISSING, "TKT-Ticket ID")])
+    unserved.serve(raw_frames(demo))
+    assert unserved.measure("tickets", [Measure(m.ROWS)])[Measure(m.ROWS)] > 0
 
 
 def test_close_frees_the_distinct_tables_and_answers_stay_the_same(awkward: Path) -> None:
@@ -348,3 +437,26 @@ def test_strict_any_columns_keep_every_value_as_stored(tmp_path: Path) -> None:
     measures = [Measure(m.VALUE_EQUALS, "v", ("1",)), Measure(m.NUMERIC, "v"), Measure(m.TEXT_VALUES, "v")]
     assert sqlite_schema(path)["t"][0].declared_type == ""
     assert frame_source(path, raw_frames(path)).measure("t", measures) == sqlite_source(path).measure("t", measures)
+
+
+def test_profile_step_builds_distinct_tables_while_profiling_and_scores_as_the_file_does(
+    demo: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from servicedesk_etl.pipeline import profile_step
+
+    built_after_profiling: list[tuple[str, ...]] = []
+    build = FrameSource._build
+
+    def recording_build(self: FrameSource, table: str, units: list[tuple[str, ...]]) -> None:
+        built_after_profiling.extend(units)
+        build(self, table, units)
+
+    monkeypatch.setattr(FrameSource, "_build", recording_build)
+    settings = PipelineSettings(run_dry_run=False)
+    outcome = profile_step(demo, tmp_path / "profile", dsn=None, settings=settings)
+    plan = profile_database(demo)
+    by_file = score_quality(sqlite_source(demo), plan)
+    assert (outcome.artifact.quality_score, outcome.artifact.dimensions) == (by_file.score, dict(by_file.dimensions))
+    assert outcome.metadata["rules_score"] == evaluate_rules(sqlite_source(demo), plan, rule_packs(settings)).score
+    assert built_after_profiling, "no column pair was measured"
+    assert all(unit[0] == "pair" for unit in built_after_profiling), built_after_profiling
