@@ -143,7 +143,7 @@ def sample_filter(
         return "", ()
     identity = table.key_columns or _row_identity(conn, table)
     threshold = round(sample_percent * CANARY_BUCKETS / 100)
-    rowid = _rowid_alias(conn, table)
+    rowid = rowid_alias(conn, table)
     if rowid is not None:
         rowids = sampled_rowids(conn, table, rowid, identity, seed, threshold)
         return f" WHERE {rowid} IN (SELECT value FROM json_each(?))", (json.dumps(rowids),)
@@ -192,7 +192,7 @@ def _database_file(conn: sqlite3.Connection) -> tuple[str, int, int, int, bytes]
     return str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, header[24:28]
 
 
-def _rowid_alias(conn: sqlite3.Connection, table: TablePlan) -> str | None:
+def rowid_alias(conn: sqlite3.Connection, table: TablePlan) -> str | None:
     """A name reaching the rowid that no column shadows, or None for a WITHOUT ROWID table."""
     taken = {name.lower() for (name,) in conn.execute("SELECT name FROM pragma_table_info(?)", (table.name,))}
     for alias in ("_rowid_", "rowid", "oid"):

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RAW_CACHE_DIR = "raw"  # beside plan.json: the profiled frames, so the cleaner does not read SQLite again
-FRAMES_KEPT_IN_MEMORY = 512 * 2**20
+FRAMES_KEPT_IN_MEMORY = 256 * 2**20
 Progress = Callable[[str, int, int], None]
 HealthCheck = Callable[[], None]
 
@@ -193,6 +193,7 @@ def profile_step(
     source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings, progress: Progress | None = None
 ) -> StepOutcome[ProfileArtifact]:
     """Infer the plan from the values, score the snapshot, dry-run the plan, and gate on confidence."""
+    from servicedesk_etl.profiling.frame_source import frame_preparer
     from servicedesk_etl.profiling.infer import profile_database
     from servicedesk_etl.profiling.rules import evaluate_rules
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
@@ -201,14 +202,23 @@ def profile_step(
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     handoff = FrameHandoff(run_dir / RAW_CACHE_DIR, keep_bytes=frames_memory_budget())
+    preparer = frame_preparer(source)
+
+    def on_table(table: str, frame: Any) -> None:
+        handoff.add(table, frame)
+        if preparer is not None:
+            preparer.add(table, frame)
+
     try:
-        plan = profile_database(source, profile_settings(settings), progress, on_table=handoff.add)
+        plan = profile_database(source, profile_settings(settings), progress, on_table=on_table)
         cache = handoff.commit(plan.source_sha256, source.stat().st_size)
     except BaseException:
         handoff.discard()
+        if preparer is not None:
+            preparer.discard()
         raise
     plan_path = plan.write(run_dir / "plan.json")
-    measured = measured_source(source, plan, handoff.loader(cache), cache)
+    measured = measured_source(source, plan, handoff.loader(cache), cache, preparer)
     score, rules, dry_run_result = concurrently(
         lambda: score_quality(measured or sqlite_source(source), plan),
         lambda: evaluate_rules(measured or sqlite_source(source), plan, rule_packs(settings), rule_mapping(settings)),
@@ -237,21 +247,29 @@ def profile_step(
 
 
 def frames_memory_budget() -> int:
-    """How much of the profiled frames the scorer may keep in memory: a quarter of what is free, at most 512 MiB."""
+    """How much of the profiled frames the scorer may keep in memory: a quarter of what is free, at most 256 MiB."""
     import psutil
 
     return min(FRAMES_KEPT_IN_MEMORY, psutil.virtual_memory().available // 4)
 
 
-def measured_source(path: Path, plan: Plan, loader: Any, cache: Any) -> Any:
+def measured_source(path: Path, plan: Plan, loader: Any, cache: Any, preparer: Any = None) -> Any:
     """A table source that answers the scorer and the rules from frames already read (one instance,
     shared by their threads), or None when some table is not in them (sampled) or the file compares
-    text in a way only SQLite itself reproduces: then each asks the file."""
+    text in a way only SQLite itself reproduces: then each asks the file. A `FramePreparer` that saw
+    the frames as they were read gives its source, whose distinct tables are already built."""
     from servicedesk_etl.profiling.frame_source import FrameSource, UnsupportedSchema, sqlite_schema
 
     tables = [table.name for table in plan.tables]
     if not all(cache.has_table(table) for table in tables):
+        if preparer is not None:
+            preparer.discard()
         return None
+    if preparer is not None:
+        prepared = preparer.finish(loader)
+        if set(prepared.tables()) == set(tables):
+            return prepared
+        prepared.close()
     try:
         schema = sqlite_schema(path)
     except UnsupportedSchema as reason:
@@ -385,21 +403,24 @@ def clean_step(
     progress: Progress | None = None,
     health_check: HealthCheck | None = None,
     force: bool = False,
+    keep_for_loading: bool = True,
 ) -> StepOutcome[CleanedArtifact]:
     """Execute the plan into a new SQLite file and gate on quality, reconciliation and an untouched source.
 
     `snapshot_sha256` is the checksum of the snapshot the user gave (the version records it); by
-    default, that of `source`.
+    default, that of `source`. With `keep_for_loading`, the cleaned tables' stored cache stays beside
+    the output (see `reconcile.stored_cache_of`) for the load gates, unless a gate stops the run.
     """
     from servicedesk_etl.cleaning import CleanSettings, clean_snapshot
     from servicedesk_etl.profiling.score import score_quality, sqlite_source
     from servicedesk_etl.raw_cache import open_raw_cache
+    from servicedesk_etl.reconcile import stored_cache_of
 
     start = time.perf_counter()
     plan = read_plan(plan_path)
     profiled = Path(plan_path).parent / RAW_CACHE_DIR
     raw = open_raw_cache(profiled, plan.source_sha256) if plan.source_sha256 else None
-    stored_dir = output.parent / f".{output.name}.stored"
+    stored_dir = stored_cache_of(output)
     try:
         result = clean_snapshot(
             source,
@@ -415,8 +436,9 @@ def clean_step(
         stored = result.stored_cache
         measured = measured_source(result.output, plan, stored.read, stored) if stored is not None else None
         after = score_quality(measured or sqlite_source(result.output), plan)
-    finally:
+    except BaseException:
         shutil.rmtree(stored_dir, ignore_errors=True)
+        raise
     if raw is not None:
         shutil.rmtree(profiled, ignore_errors=True)  # served its one purpose
     unbalanced = [jsonable(entry) for entry in result.reconciliation if not entry.balanced]
@@ -454,6 +476,8 @@ def clean_step(
                       "duplicates_removed": dict(result.duplicates_removed)},
         ),
     )
+    if not keep_for_loading or any(gate.stops_the_run for gate in gates):
+        shutil.rmtree(stored_dir, ignore_errors=True)
     artifact = CleanedArtifact(result.output, plan_path, snapshot_sha256 or result.source_sha256_before,
                                dict(result.rows_out), after.score)
     metadata = {
@@ -490,12 +514,14 @@ def quarantined_per_table(cleaned: Path) -> dict[str, int]:
 
 def load_gates(prefix: str, cleaned: CleanedArtifact, plan: Plan, dsn: str, schema: str,
                sample_percent: float | None) -> list[GateResult]:
-    """Types, reconciliation and dashboard queries of a loaded schema against the cleaned file."""
+    """Types, reconciliation and dashboard queries of a loaded schema against the cleaned file
+    (its values read from the cleaner's stored cache when that is of this very file)."""
     from servicedesk_etl.query_templates import run_query_templates
-    from servicedesk_etl.reconcile import reconcile_schema
+    from servicedesk_etl.reconcile import reconcile_schema, stored_cache_of
 
     report, queries = concurrently(
-        lambda: reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=sample_percent),
+        lambda: reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=sample_percent,
+                                 stored_cache=stored_cache_of(cleaned.path)),
         lambda: run_query_templates(dsn, schema),
     )
     return load_gate_results(prefix, report, queries)
@@ -549,6 +575,7 @@ def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: Pi
     """Load a deterministic sample into a canary schema; drop it when its gates pass, keep it when not."""
     from servicedesk_etl.cutover import drop_leftovers
     from servicedesk_etl.loading import canary_schema_name, load_schema
+    from servicedesk_etl.reconcile import stored_cache_of
 
     start = time.perf_counter()
     plan = read_plan(cleaned.plan_path)
@@ -561,6 +588,8 @@ def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: Pi
     passed = not any(gate.stops_the_run for gate in gates)
     if passed:
         drop_schema(dsn, schema)
+    else:
+        shutil.rmtree(stored_cache_of(cleaned.path), ignore_errors=True)  # the run stops here
     rows = {entry.table: entry.rows for entry in load.tables}
     metadata = {"schema": schema, "rows": load.rows, "rows_per_table": rows, "kept_for_inspection": not passed,
                 "leftovers_dropped": dropped, "load_seconds": load.seconds}
@@ -570,27 +599,34 @@ def canary_step(cleaned: CleanedArtifact, *, dsn: str, run_id: str, settings: Pi
 def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSettings, backup_dir: Path,
                     progress: Progress | None = None,
                     health_check: HealthCheck | None = None) -> StepOutcome[SchemaArtifact]:
-    """Load everything into a new version schema; only when its gates pass, back up the live schema and cut over."""
+    """Load everything into a new version schema; only when its gates pass, back up the live schema and cut over.
+
+    The cleaned file's stored cache (kept by `clean_step` for the load gates) is removed at the end.
+    """
     from servicedesk_etl.backup import pg_dump_schema
     from servicedesk_etl.cutover import mark_loading, promote, register_version
     from servicedesk_etl.loading import load_schema, version_schema_name
     from servicedesk_etl.profiling.score import postgres_source, score_quality
     from servicedesk_etl.query_templates import run_query_templates
-    from servicedesk_etl.reconcile import reconcile_schema
+    from servicedesk_etl.reconcile import reconcile_schema, stored_cache_of
 
     start = time.perf_counter()
     plan = read_plan(cleaned.plan_path)
     schema = version_schema_name()
+    stored = stored_cache_of(cleaned.path)
     mark_loading(dsn, schema)
-    load = load_schema(cleaned.path, plan, dsn, schema, max_workers=settings.load_workers,
-                       progress=with_health(progress, health_check))
-    rows = {entry.table: entry.rows for entry in load.tables}
-    register_version(dsn, schema, source_sha256=cleaned.source_sha256, row_counts=rows)
-    report, queries, loaded = concurrently(
-        lambda: reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=None),
-        lambda: run_query_templates(dsn, schema),
-        lambda: score_quality(postgres_source(dsn, schema), plan),
-    )
+    try:
+        load = load_schema(cleaned.path, plan, dsn, schema, max_workers=settings.load_workers,
+                           progress=with_health(progress, health_check))
+        rows = {entry.table: entry.rows for entry in load.tables}
+        register_version(dsn, schema, source_sha256=cleaned.source_sha256, row_counts=rows)
+        report, queries, loaded = concurrently(
+            lambda: reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=None, stored_cache=stored),
+            lambda: run_query_templates(dsn, schema),
+            lambda: score_quality(postgres_source(dsn, schema), plan),
+        )
+    finally:
+        shutil.rmtree(stored, ignore_errors=True)
     gates = load_gate_results("production", report, queries)
     gates.append(
         GateResult(

@@ -11,10 +11,15 @@ deterministic sample, recomputed here). Per planned column: the planned type is 
 - boolean: the number of true values.
 - text, bytea: an order-independent hash, the sum of the first 64 bits (signed) of each non-null
   value's md5 over its UTF-8 bytes: `sum(('x' || left(md5(convert_to(x, 'UTF8')), 16))::bit(64)::bigint)`
-  in PostgreSQL, the same with hashlib in Python. No sort, constant memory in both engines.
+  in PostgreSQL, the same with hashlib in Python (once per distinct value). No sort in either engine.
 
-SQLite is read in two scans per table (aggregates, then the columns summed or hashed in Python)
-while PostgreSQL computes its side concurrently on its own connection.
+The cleaned file's side is computed in polars from its values in the raw layout
+(`profiling.values`): read from the cleaner's stored cache when that cache describes this very file
+(same sha256), else from the file itself; the same functions aggregate either, a few columns at a
+time, with SQLite's semantics (`count`, `min`/`max` across storage classes). PostgreSQL computes its
+side concurrently on its own connection: one scan per table, plus a grouping-sets scan (per 31
+columns) that sums the hashes and doubles of repetitive columns once per distinct value
+(`x * count`), the same figure as summing every row.
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ from __future__ import annotations
 import decimal
 import hashlib
 import logging
-import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
-from operator import is_not, itemgetter, methodcaller, mul
+from operator import itemgetter, methodcaller, mul
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +41,19 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from servicedesk_etl.errors import InputError
 from servicedesk_etl.loading import (
     DATE_FORMAT,
     TIMESTAMP_FORMAT,
     TIMESTAMPTZ_FORMAT,
+    rowid_alias,
     sample_filter,
 )
 from servicedesk_etl.pg import connect
 from servicedesk_etl.profiling.plan import ColumnPlan, Plan, TablePlan
-from servicedesk_etl.sqlite_source import open_readonly, quote_ident
+from servicedesk_etl.profiling.values import ROWID, read_rows
+from servicedesk_etl.raw_cache import MANIFEST_NAME, RawCache, open_raw_cache
+from servicedesk_etl.sqlite_source import file_sha256, open_readonly, quote_ident
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +72,13 @@ NUMBER_TYPES = frozenset({"bigint", "numeric", "double precision"})
 TEMPORAL_FORMATS = {"date": DATE_FORMAT, "timestamp": TIMESTAMP_FORMAT, "timestamptz": TIMESTAMPTZ_FORMAT}
 HASHED_TYPES = frozenset({"text", "bytea"})
 EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
-FETCH_ROWS = 50_000
+# Raw cells aggregated at once (about 40 bytes each in memory): bounds memory on large tables.
+CACHE_BATCH_CELLS = 4_000_000
+FILE_BATCH_CELLS = 8_000_000
 SAMPLE_LIMIT = 20
+GROUPING_SET_COLUMNS = 31  # GROUPING() takes at most 31 arguments
+GROUPED_MIN_ROWS = 10_000  # below this, hashing every row costs less than a second scan
+GROUPED_MIN_REPEATS = 20  # a column is summed per distinct value when each repeats this often on average
 
 
 @dataclass(frozen=True)
@@ -155,10 +169,12 @@ def reconcile_schema(
     sample_percent: float | None = None,
     seed: int = 0,
     small_table_rows: int = 1000,
+    stored_cache: Path | None = None,
 ) -> Reconciliation:
     """Compare every plan table of `cleaned` with the same table in `schema` (see the module doc).
 
     For a canary pass the `sample_percent`, `seed` and `small_table_rows` the load used.
+    `stored_cache`: the cleaner's stored cache of `cleaned`, used only when it describes this very file.
     """
     with connect(dsn) as target:
         pg_types = {table.name: _pg_column_types(target, schema, table.pg_name) for table in plan.tables}
@@ -167,21 +183,18 @@ def reconcile_schema(
         for table in plan.tables
         if pg_types[table.name]
     }
-    source = open_readonly(cleaned)
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile-pg") as pool:
-            target_side = pool.submit(_all_target_aggregates, dsn, schema, layouts)
-            source_side = {}
-            for table in plan.tables:
-                where, params = sample_filter(
-                    source, table, sample_percent=sample_percent, seed=seed, small_table_rows=small_table_rows
-                )
-                rows = source.execute(f"SELECT count(*) FROM {quote_ident(table.name)}{where}", params).fetchone()[0]
-                columns = layouts[table.name][1] if table.name in layouts else ()
-                source_side[table.name] = (rows, _source_aggregates(source, table, columns, where, params))
-            targets = target_side.result()
-    finally:
-        source.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile-pg") as pool:
+        target_side = pool.submit(_all_target_aggregates, dsn, schema, layouts)
+        frames = cleaned_frames(cleaned, stored_cache)
+        log.debug("reconciling %s from the %s", schema, frames.origin)
+        source_side = {}
+        for table in plan.tables:
+            rows, rowids = sampled_rows(
+                cleaned, table, sample_percent=sample_percent, seed=seed, small_table_rows=small_table_rows
+            )
+            columns = layouts[table.name][1] if table.name in layouts else ()
+            source_side[table.name] = (rows, table_aggregates(frames, table, columns, rowids))
+        targets = target_side.result()
     tables = tuple(
         _table_report(table, pg_types[table.name], *source_side[table.name], targets.get(table.name))
         for table in plan.tables
@@ -246,38 +259,195 @@ def _pg_column_types(target: psycopg.Connection, schema: str, pg_table: str) -> 
     return dict(rows)
 
 
-# ---- SQLite side ---------------------------------------------------------------------------
+# ---- cleaned-file side: raw frames (stored cache or file), aggregated in polars ------------
 
 
-def _source_aggregates(
-    source: sqlite3.Connection, table: TablePlan, columns: Sequence[ColumnPlan], where: str, params: tuple[Any, ...]
+TableFrames = Callable[[str, Sequence[str]], pl.DataFrame]
+
+
+def stored_cache_of(cleaned: Path) -> Path:
+    """Where the cleaner's stored cache of `cleaned` is kept, beside it, until the production step."""
+    return cleaned.parent / f".{cleaned.name}.stored"
+
+
+@dataclass(frozen=True)
+class CleanedFrames:
+    """How the cleaned file's raw frames are read: `read(table, columns)`, `batch_cells` at a time."""
+
+    read: TableFrames
+    origin: str
+    batch_cells: int
+
+
+def cleaned_frames(cleaned: Path, stored_cache: Path | None) -> CleanedFrames:
+    """Where the cleaned file's values are read: its stored cache when that describes this very file
+    (same sha256 and size), else the file (also for any table the cache lacks)."""
+    if stored_cache is not None and (stored_cache / MANIFEST_NAME).is_file():
+        cache = open_raw_cache(stored_cache, file_sha256(cleaned), cleaned.stat().st_size)
+        if cache is not None:
+            return CleanedFrames(partial(_read_cache_or_file, cache, cleaned), f"stored cache {stored_cache}",
+                                 CACHE_BATCH_CELLS)
+    # Every read of the file scans whole rows, so fewer, wider batches.
+    return CleanedFrames(partial(_read_file, cleaned), f"file {cleaned}", FILE_BATCH_CELLS)
+
+
+def _read_cache_or_file(cache: RawCache, cleaned: Path, table: str, columns: Sequence[str]) -> pl.DataFrame:
+    if cache.has_table(table, columns):
+        return cache.read(table, columns)
+    return _read_file(cleaned, table, columns)
+
+
+def _read_file(cleaned: Path, table: str, columns: Sequence[str]) -> pl.DataFrame:
+    with closing(open_readonly(cleaned)) as conn:
+        return read_rows(conn, table, columns)
+
+
+def sampled_rows(
+    cleaned: Path, table: TablePlan, *, sample_percent: float | None, seed: int, small_table_rows: int
+) -> tuple[int, pl.Series | None]:
+    """The row count of `table`'s sample and its rowids (None: every row), as the canary load chose them."""
+    with closing(open_readonly(cleaned)) as conn:
+        where, params = sample_filter(
+            conn, table, sample_percent=sample_percent, seed=seed, small_table_rows=small_table_rows
+        )
+        if not where:
+            return conn.execute(f"SELECT count(*) FROM {quote_ident(table.name)}").fetchone()[0], None
+        rowid = rowid_alias(conn, table)
+        if rowid is None:
+            raise InputError(f"{cleaned}: table {table.name!r} has no rowid to sample by")
+        query = f"SELECT {rowid} FROM {quote_ident(table.name)}{where}"
+        rowids = pl.Series(ROWID, [value for (value,) in conn.execute(query, params)], dtype=pl.Int64)
+    return rowids.len(), rowids
+
+
+def table_aggregates(
+    frames: CleanedFrames, table: TablePlan, columns: Sequence[ColumnPlan], rowids: pl.Series | None
 ) -> dict[tuple[str, str], Any]:
-    expressions: list[str] = []
-    keys: list[tuple[str, str]] = []
-    for column in columns:
-        ident = quote_ident(column.name)
-        expressions.append(f"count({ident})")
-        keys.append((column.name, "non_null"))
-        if column.target_type in NUMBER_TYPES or column.target_type in ("date", "timestamp"):
-            expressions += [f"min({ident})", f"max({ident})"]
-            keys += [(column.name, "min"), (column.name, "max")]
-        if column.target_type == "boolean":
-            expressions.append(f"count(*) FILTER (WHERE {ident} <> 0)")
-            keys.append((column.name, "true_count"))
+    """Every per-column aggregate of `columns`, from their raw frames, a few columns at a time."""
     values: dict[tuple[str, str], Any] = {}
-    if expressions:
-        query = f"SELECT {', '.join(expressions)} FROM {quote_ident(table.name)}{where}"
-        row = source.execute(query, params).fetchone()
-        values = dict(zip(keys, row, strict=True))
-    for column in columns:
-        if column.target_type in NUMBER_TYPES:
-            for kind in ("min", "max"):
-                values[(column.name, kind)] = _number(column.target_type, values[(column.name, kind)])
-        elif column.target_type in ("date", "timestamp"):
-            for kind in ("min", "max"):
-                values[(column.name, kind)] = _parse_temporal(column.target_type, values[(column.name, kind)])
-    values.update(_scanned_aggregates(source, table, columns, where, params))
+    for batch in _column_batches(table, columns, frames.batch_cells):
+        frame = frames.read(table.name, [column.name for column in batch])
+        if rowids is not None:
+            frame = frame.filter(pl.col(ROWID).is_in(rowids.implode()))
+        for column in batch:
+            values.update(column_aggregates(frame[column.name], column))
+        del frame
     return values
+
+
+def _column_batches(table: TablePlan, columns: Sequence[ColumnPlan], cells: int) -> list[Sequence[ColumnPlan]]:
+    width = max(1, cells // max(1, table.row_count))
+    return [columns[start:start + width] for start in range(0, len(columns), width)]
+
+
+def column_aggregates(raw: pl.Series, column: ColumnPlan) -> dict[tuple[str, str], Any]:
+    """What reconciliation compares of one column, from its raw Struct series (see `profiling.values`),
+    with SQLite's semantics: `count`, `min`/`max` across storage classes, `x <> 0`, exact sums."""
+    fields = raw.struct.unnest()
+    storage = fields["storage"]
+    kind = column.target_type
+    result: dict[tuple[str, str], Any] = {(column.name, "non_null"): int((storage != "null").sum())}
+    if kind in NUMBER_TYPES or kind in ("date", "timestamp"):
+        low, high = sqlite_extremes(raw)
+        if kind in NUMBER_TYPES:
+            low, high = _number(kind, low), _number(kind, high)
+        else:
+            low, high = _parse_temporal(kind, low), _parse_temporal(kind, high)
+        result[(column.name, "min")], result[(column.name, "max")] = low, high
+    if kind in NUMBER_TYPES:
+        result[(column.name, "sum")] = _exact_sum(fields)
+    elif kind == "boolean":
+        zero = storage.is_in(["integer", "real"]) & (fields["i"].cast(pl.Float64).fill_null(fields["r"]) == 0)
+        result[(column.name, "true_count")] = int(((storage != "null") & ~zero.fill_null(False)).sum())
+    elif kind in HASHED_TYPES:
+        result[(column.name, "md5_sum")] = _md5_of_stored(fields)
+    elif kind == "timestamptz":
+        result[(column.name, "min")], result[(column.name, "max")] = _instant_extremes(fields)
+    return result
+
+
+def _text_bytes(fields: pl.DataFrame, storage: str) -> pl.Series:
+    """The bytes of the values of one storage class (text: UTF-8, or the raw bytes of invalid text)."""
+    chosen = fields.filter(pl.col("storage") == storage)
+    return chosen["s"].cast(pl.Binary).fill_null(chosen["b"])
+
+
+def sqlite_extremes(raw: pl.Series) -> tuple[Any, Any]:
+    """`min(x)` and `max(x)` of a raw Struct series as SQLite computes them: numbers < text < blobs,
+    text by its bytes (text that is not UTF-8 comes back with surrogate escapes)."""
+    fields = raw.struct.unnest()
+    storage = fields["storage"]
+    integers = fields["i"].filter(storage == "integer")
+    reals = fields["r"].filter(storage == "real")
+    numbers = [series for series in (integers, reals) if series.len()]
+    texts = _text_bytes(fields, "text")
+    blobs = fields["b"].filter(storage == "blob")
+    low: Any = None
+    if numbers:
+        low = min(series.min() for series in numbers)
+    elif texts.len():
+        low = _decoded_text(texts.min())
+    elif blobs.len():
+        low = blobs.min()
+    high: Any = None
+    if blobs.len():
+        high = blobs.max()
+    elif texts.len():
+        high = _decoded_text(texts.max())
+    elif numbers:
+        high = max(series.max() for series in numbers)
+    return low, high
+
+
+def _decoded_text(value: bytes) -> str:
+    return value.decode("utf-8", errors="surrogateescape")
+
+
+def _exact_sum(fields: pl.DataFrame) -> Decimal | None:
+    """The exact sum of every non-null value, each taken as `Decimal(str(value))`."""
+    storage = fields["storage"]
+    if not (storage != "null").any():
+        return None
+    integers = fields["i"].filter(storage == "integer").cast(pl.Int128).sum()
+    with decimal.localcontext(EXACT):
+        total = Decimal(int(integers))
+        total += _weighted_decimal_sum(fields["r"].filter(storage == "real"), repr)
+        total += _weighted_decimal_sum(_text_bytes(fields, "text"), _decoded_text)
+        total += _weighted_decimal_sum(fields["b"].filter(storage == "blob"), str)
+    return total
+
+
+def _weighted_decimal_sum(values: pl.Series, as_text: Callable[[Any], str]) -> Decimal:
+    """The sum of `Decimal(as_text(value))` over `values`, converting each distinct value once."""
+    if not values.len():
+        return Decimal(0)
+    counts = values.value_counts()
+    distinct, weights = counts[:, 0].to_list(), counts[:, 1].to_list()
+    return sum(map(mul, map(Decimal, map(as_text, distinct)), weights), Decimal(0))
+
+
+def _md5_of_stored(fields: pl.DataFrame) -> int | None:
+    """`md5_sum` of the stored bytes of every non-null value, hashing each distinct value once."""
+    storage = fields["storage"]
+    if not (storage != "null").any():
+        return None
+    numbers = pl.concat(
+        [fields["i"].filter(storage == "integer").cast(pl.String), fields["r"].filter(storage == "real").cast(pl.String)]
+    ).cast(pl.Binary)
+    stored = pl.concat([_text_bytes(fields, "text"), fields["b"].filter(storage == "blob"), numbers])
+    counts = stored.value_counts()
+    distinct, weights = counts[:, 0].to_list(), counts[:, 1].to_list()
+    return sum(map(mul, md5_prefixes(distinct), weights))
+
+
+def _instant_extremes(fields: pl.DataFrame) -> tuple[Any, Any]:
+    """The earliest and latest instant of a timestamptz column stored as `TIMESTAMPTZ_FORMAT` text."""
+    storage = fields["storage"]
+    texts = fields["s"].filter(storage != "null").unique()
+    if not texts.len():
+        return None, None
+    instants = texts.str.to_datetime(TIMESTAMPTZ_FORMAT, time_unit="us", time_zone="UTC")
+    return instants.min(), instants.max()
 
 
 def _number(kind: str, value: int | float | str | None) -> Any:
@@ -299,7 +469,6 @@ def _parse_temporal(kind: str, text: str | None) -> Any:
 _signed64 = partial(int.from_bytes, byteorder="big", signed=True)
 _first8 = itemgetter(slice(0, 8))
 _digest = methodcaller("digest")
-_not_none = partial(is_not, None)
 
 
 def md5_prefixes(encoded: Iterable[bytes]) -> Iterable[int]:
@@ -312,101 +481,15 @@ def md5_sum(values: Iterable[str | bytes]) -> int:
     return sum(md5_prefixes(value.encode("utf-8") if isinstance(value, str) else value for value in values))
 
 
-def _md5_sum_of_chunk(values: list[Any]) -> int:
-    """`md5_sum` of one chunk of stored bytes (text is fetched undecoded), hashing each distinct value once."""
-    try:
-        counts = pl.Series(values, dtype=pl.Binary).value_counts()
-    except (TypeError, pl.exceptions.PolarsError):
-        return md5_sum(values)
-    distinct, weights = counts[:, 0].to_list(), counts[:, 1].to_list()
-    return sum(map(mul, md5_prefixes(distinct), weights))
-
-
-def _text_series(values: list[Any]) -> pl.Series:
-    """Text fetched as bytes as a String series (the scan fetches text undecoded for hashing)."""
-    try:
-        return pl.Series(values, dtype=pl.Binary).cast(pl.String)
-    except (TypeError, pl.exceptions.PolarsError):
-        return pl.Series(_decoded(values), dtype=pl.String)
-
-
-def _decoded(values: list[Any]) -> list[Any]:
-    return [value.decode("utf-8") if isinstance(value, bytes) else value for value in values]
-
-
-def _exact_sum_of_chunk(kind: str, values: list[Any]) -> Decimal | int:
-    """The exact sum of one chunk: ints as ints, doubles per distinct value, numerics as decimals."""
-    if kind == "bigint":
-        try:
-            return sum(values)
-        except TypeError:
-            pass
-    elif kind == "double precision":
-        counts = pl.Series(values, dtype=pl.Float64, strict=False).value_counts()
-        distinct, weights = counts[:, 0].to_list(), counts[:, 1].to_list()
-        if None not in distinct:
-            return sum(map(mul, map(Decimal, map(repr, distinct)), weights), Decimal(0))
-    return sum(map(Decimal, map(str, _decoded(values))), Decimal(0))
-
-
-def _scanned_aggregates(
-    source: sqlite3.Connection, table: TablePlan, columns: Sequence[ColumnPlan], where: str, params: tuple[Any, ...]
-) -> dict[tuple[str, str], Any]:
-    """Exact sums, timestamptz extremes and text hashes, from one chunked scan of the needed columns."""
-    scanned = [c for c in columns if c.target_type in NUMBER_TYPES | HASHED_TYPES or c.target_type == "timestamptz"]
-    if not scanned:
-        return {}
-    select = ", ".join(quote_ident(c.name) for c in scanned)
-    # Text as the stored UTF-8 bytes: what the hash needs, and no decoding per value in Python.
-    previous_factory = source.text_factory
-    source.text_factory = bytes
-    try:
-        cursor = source.execute(f"SELECT {select} FROM {quote_ident(table.name)}{where}", params)
-        return _scan(cursor, scanned)
-    finally:
-        source.text_factory = previous_factory
-
-
-def _scan(cursor: sqlite3.Cursor, scanned: Sequence[ColumnPlan]) -> dict[tuple[str, str], Any]:
-    sums: dict[str, Any] = {c.name: 0 if c.target_type in HASHED_TYPES else Decimal(0) for c in scanned}
-    extremes: dict[str, list[Any]] = {c.name: [] for c in scanned if c.target_type == "timestamptz"}
-    seen: dict[str, bool] = {c.name: False for c in scanned}
-    with decimal.localcontext(EXACT):
-        while chunk := cursor.fetchmany(FETCH_ROWS):
-            for position, column in enumerate(scanned):
-                values = list(filter(_not_none, map(itemgetter(position), chunk)))
-                if not values:
-                    continue
-                seen[column.name] = True
-                if column.target_type in HASHED_TYPES:
-                    sums[column.name] += _md5_sum_of_chunk(values)
-                elif column.target_type == "timestamptz":
-                    instants = _text_series(values).str.to_datetime(
-                        TIMESTAMPTZ_FORMAT, time_unit="us", time_zone="UTC"
-                    )
-                    extremes[column.name] += [instants.min(), instants.max()]
-                else:
-                    sums[column.name] += _exact_sum_of_chunk(column.target_type, values)
-    result: dict[tuple[str, str], Any] = {}
-    for column in scanned:
-        present = seen[column.name]
-        if column.target_type == "timestamptz":
-            found = extremes[column.name]
-            result[(column.name, "min")] = min(found) if found else None
-            result[(column.name, "max")] = max(found) if found else None
-        elif column.target_type in HASHED_TYPES:
-            result[(column.name, "md5_sum")] = sums[column.name] if present else None
-        else:
-            result[(column.name, "sum")] = sums[column.name] if present else None
-    return result
-
-
 # ---- PostgreSQL side -----------------------------------------------------------------------
 
 
 def _target_aggregates(
     target: psycopg.Connection, schema: str, table: TablePlan, columns: Sequence[ColumnPlan]
 ) -> dict[tuple[str, str], Any]:
+    """One scan for the counts, extremes and row-wise sums and hashes; the hashes and double sums of
+    repetitive columns from one grouping-sets scan per `GROUPING_SET_COLUMNS`, once per distinct value."""
+    grouped = _repetitive_columns(target, schema, table, columns)
     expressions: list[sql.Composable] = [sql.SQL("count(*)")]
     keys: list[tuple[str, str]] = [("", "rows")]
     for column in columns:
@@ -417,22 +500,78 @@ def _target_aggregates(
         if kind in NUMBER_TYPES or kind in TEMPORAL_FORMATS:
             expressions += [sql.SQL("min({})").format(ident), sql.SQL("max({})").format(ident)]
             keys += [(column.name, "min"), (column.name, "max")]
-        if kind in NUMBER_TYPES:
-            cast = sql.SQL("::text::numeric" if kind == "double precision" else "::numeric")
-            expressions.append(sql.SQL("sum({}{})").format(ident, cast))
-            keys.append((column.name, "sum"))
-        elif kind == "boolean":
+        if kind == "boolean":
             expressions.append(sql.SQL("count(*) FILTER (WHERE {})").format(ident))
             keys.append((column.name, "true_count"))
-        elif kind in HASHED_TYPES:
-            value = ident if kind == "bytea" else sql.SQL("convert_to({}, 'UTF8')").format(ident)
-            expressions.append(sql.SQL("sum(('x' || left(md5({}), 16))::bit(64)::bigint)").format(value))
-            keys.append((column.name, "md5_sum"))
-    query = sql.SQL("SELECT {} FROM {}.{}").format(
-        sql.SQL(", ").join(expressions), sql.Identifier(schema), sql.Identifier(table.pg_name)
+        elif column not in grouped and (kind in NUMBER_TYPES or kind in HASHED_TYPES):
+            expressions.append(sql.SQL("sum({})").format(_summand(column)))
+            keys.append(_summed_key(column))
+    source = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table.pg_name))
+    row = target.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(expressions), source)).fetchone()
+    values = dict(zip(keys, row, strict=True))
+    for start in range(0, len(grouped), GROUPING_SET_COLUMNS):
+        values.update(_grouped_sums(target, source, grouped[start:start + GROUPING_SET_COLUMNS]))
+    return values
+
+
+def _summand(column: ColumnPlan, value: sql.Composable | None = None) -> sql.Composable:
+    """What is summed per value: the number (doubles as their shortest text), or the hash of text or bytes."""
+    ident = value if value is not None else sql.Identifier(column.pg_name)
+    kind = column.target_type
+    if kind in NUMBER_TYPES:
+        return sql.SQL("{}{}").format(ident, sql.SQL("::text::numeric" if kind == "double precision" else "::numeric"))
+    hashed = ident if kind == "bytea" else sql.SQL("convert_to({}, 'UTF8')").format(ident)
+    return sql.SQL("('x' || left(md5({}), 16))::bit(64)::bigint").format(hashed)
+
+
+def _summed_key(column: ColumnPlan) -> tuple[str, str]:
+    return (column.name, "md5_sum" if column.target_type in HASHED_TYPES else "sum")
+
+
+def _repetitive_columns(
+    target: psycopg.Connection, schema: str, table: TablePlan, columns: Sequence[ColumnPlan]
+) -> list[ColumnPlan]:
+    """Hashed and double columns whose planner statistics (the load ANALYZEs) estimate few distinct values.
+
+    Only the speed depends on the estimate: a grouped sum equals the row-wise one exactly."""
+    candidates = [c for c in columns if c.target_type in HASHED_TYPES or c.target_type == "double precision"]
+    if not candidates:
+        return []
+    estimates = dict(target.execute(
+        "SELECT s.attname, CASE WHEN s.n_distinct >= 0 THEN s.n_distinct ELSE -s.n_distinct * c.reltuples END"
+        " FROM pg_stats s JOIN pg_class c ON c.relname = s.tablename"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname"
+        " WHERE s.schemaname = %s AND s.tablename = %s",
+        (schema, table.pg_name),
+    ).fetchall())
+    rows = target.execute(
+        "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (schema, table.pg_name),
+    ).fetchone()
+    total = rows[0] if rows else 0
+    if total < GROUPED_MIN_ROWS:
+        return []
+    return [c for c in candidates if c.pg_name in estimates and estimates[c.pg_name] * GROUPED_MIN_REPEATS <= total]
+
+
+def _grouped_sums(target: psycopg.Connection, source: sql.Composable, columns: Sequence[ColumnPlan]) -> dict[tuple[str, str], Any]:
+    """`sum(x)` of each column as `sum(x * n)` over its distinct values `x` and their counts `n`, all
+    columns grouped in one scan (`GROUPING SETS`; `GROUPING()` tells whose set a group row is in)."""
+    idents = [sql.Identifier(column.pg_name) for column in columns]
+    listed = sql.SQL(", ").join(idents)
+    inner = sql.SQL("SELECT {cols}, GROUPING({cols}) AS g, count(*) AS n FROM {src} GROUP BY GROUPING SETS ({sets})").format(
+        cols=listed, src=source, sets=sql.SQL(", ").join(sql.SQL("({})").format(ident) for ident in idents)
     )
-    row = target.execute(query).fetchone()
-    return dict(zip(keys, row, strict=True))
+    every = (1 << len(columns)) - 1
+    sums = [
+        sql.SQL("sum({}::numeric * n) FILTER (WHERE g = {})").format(
+            _summand(column), sql.Literal(every ^ (1 << (len(columns) - 1 - position)))
+        )
+        for position, column in enumerate(columns)
+    ]
+    row = target.execute(sql.SQL("SELECT {} FROM ({}) AS grouped").format(sql.SQL(", ").join(sums), inner)).fetchone()
+    return {_summed_key(column): value for column, value in zip(columns, row, strict=True)}
 
 
 def _all_target_aggregates(

@@ -98,3 +98,17 @@ def test_demo_snapshot_runs_to_a_live_typed_schema(tmp_path, fresh_database):
         assert types["TKT-Actual Response Date"] == "timestamp without time zone"
         (tickets,) = conn.execute('SELECT count(*) FROM servicedesk."tickets"').fetchone()
     assert tickets == truth["row_counts"]["tickets"]
+
+
+def test_clean_writes_the_new_file_and_its_plan_and_leaves_nothing_else_behind(tmp_path):
+    from servicedesk_etl.demo_data import generate_demo_snapshot
+
+    source = generate_demo_snapshot(tmp_path / "in" / "snapshot.db", scale=0.01).path
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    completed = run_cli(["clean", "--source", str(source), "--output", str(out_dir / "clean.db")], tmp_path / "home")
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert sorted(path.name for path in out_dir.iterdir()) == ["clean.db", "clean.db.plan.json"]
+    with sqlite3.connect(out_dir / "clean.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -195,7 +195,8 @@ def clean(
         health = HealthCheck([output.parent], settings.min_free_disk_bytes, settings.min_available_memory_bytes)
         progress = TableProgress("cleaning", lambda: default_progress_sink(logging.getLogger("servicedesk_etl"), console))
         outcome = clean_step(snapshot, plan, output, score_before=before.score, dimensions_before=dict(before.dimensions),
-                             settings=settings, progress=progress, health_check=health, force=force)
+                             settings=settings, progress=progress, health_check=health, force=force,
+                             keep_for_loading=False)
         write_plan_beside(output, plan_doc)
     console.print(f"cleaned {outcome.metadata['rows']:,} rows into {output} in {outcome.seconds:.2f}s "
                   f"({outcome.metadata['quarantined_cells']} cells quarantined)")
