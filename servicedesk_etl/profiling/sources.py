@@ -851,6 +851,18 @@ def _pg_range(
     return sql.SQL(" AND ").join(parts) if parts else TRUE
 
 
+_COLUMNS_MOST_DISTINCT_FIRST = """
+SELECT a.attname
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname
+WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY coalesce(CASE WHEN s.n_distinct >= 0 THEN s.n_distinct ELSE -s.n_distinct * c.reltuples END, 0) DESC,
+         a.attnum
+"""
+
+
 class PostgresSource:
     """One schema of a PostgreSQL database; values judged by each column's real type."""
 
@@ -993,12 +1005,15 @@ class PostgresSource:
         raise ValueError(f"measure {kind!r} is not supported by the PostgreSQL source")
 
     def duplicate_rows(self, table: str) -> int:
+        """Rows minus distinct rows. The columns are listed most-distinct first (by the statistics the
+        load's ANALYZE left): the same answer, but the sort's comparisons mostly stop at the first column."""
         name = self._table(table)
         with self.connected() as conn:
+            columns = [column for (column,) in conn.execute(_COLUMNS_MOST_DISTINCT_FIRST, (self.schema, table))]
             total, distinct = _one_row(conn.execute(
                 sql.SQL(
-                    "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM (SELECT DISTINCT * FROM {t}) AS d)"
-                ).format(t=name)
+                    "SELECT (SELECT count(*) FROM {t}), (SELECT count(*) FROM (SELECT DISTINCT {c} FROM {t}) AS d)"
+                ).format(t=name, c=sql.SQL(", ").join(map(sql.Identifier, columns)) if columns else sql.SQL("*"))
             ))
         return int(total) - int(distinct)
 
