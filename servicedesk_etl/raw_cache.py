@@ -205,10 +205,9 @@ class RawCacheWriter:
         if len(rowids) == 0:
             return
         doomed = pl.Series(ROWID, rowids, dtype=pl.Int64)
-        low, high = doomed.min(), doomed.max()
         parts = self._tables[table]
         for position, part in enumerate(parts):
-            if not part.overlaps(low, high):  # type: ignore[arg-type]
+            if part.first_rowid is None or not doomed.is_between(part.first_rowid, part.last_rowid).any():
                 continue
             path = self.directory / part.file
             frame = pl.read_ipc(path)
