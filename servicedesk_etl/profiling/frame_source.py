@@ -44,6 +44,7 @@ from servicedesk_etl.profiling.sources import (
     _is_utf8,
     _markers,
     _ordered_unique,
+    _SharedCounts,
     _sqlite_utf8_candidates,
     _SqliteExpr,
     _unpack,
@@ -196,8 +197,7 @@ class FrameSource:
         self._guard = threading.Lock()
         self._distinct: dict[tuple[str, ...], _Distinct] = {}
         self._building: dict[tuple[str, ...], threading.Event] = {}
-        self._answers: dict[tuple[Any, ...], Any] = {}
-        self._answer_locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._counts = _SharedCounts()
         self._rows: dict[str, int] = {}
         self._row_hashes: dict[str, _RowHash] = {}
 
@@ -240,7 +240,7 @@ class FrameSource:
         """Free the distinct tables (they are rebuilt if asked again)."""
         with self._guard:
             built, self._distinct = self._distinct, {}
-            self._answers.clear()
+            self._counts = _SharedCounts()
             self._row_hashes.clear()
         for distinct in built.values():
             with distinct.lock:
@@ -290,16 +290,15 @@ class FrameSource:
         classed: set[Measure],
         siblings: Sequence[tuple[str, ...]] = (),
     ) -> dict[Measure, int]:
-        keys = {measure: ("measure", unit, markers, measure, measure in classed) for measure in measures}
+        keys = {measure: (measure, measure in classed) for measure in measures}
         distinct = self._built(table, unit, siblings)
-        with distinct.lock:
-            todo = [measure for measure in measures if keys[measure] not in self._answers]
+        with distinct.lock:  # one counter per unit at a time, so its counts are read and extended alone
+            known = self._counts.known(("measure", unit, markers))
+            todo = [measure for measure in measures if keys[measure] not in known]
             if todo:
                 found = _count_distinct(distinct.conn, todo, markers, classed, distinct.rows)
-                with self._guard:
-                    self._answers.update({keys[measure]: value for measure, value in found.items()})
-            with self._guard:
-                return {measure: self._answers[keys[measure]] for measure in measures}
+                known.update({keys[measure]: value for measure, value in found.items()})
+            return {measure: known[keys[measure]] for measure in measures}
 
     def _size(self, unit: tuple[str, ...]) -> int:
         """Rows of the unit's distinct table, 0 while it is not built."""
@@ -384,7 +383,7 @@ class FrameSource:
 
     def duplicate_rows(self, table: str) -> int:
         """Rows equal to an earlier row in every column, as `SELECT DISTINCT *` sees them."""
-        return self._answer(("duplicates", table), lambda: self._duplicate_rows_uncached(table))
+        return self._counts.answer(("duplicates", table), lambda: self._duplicate_rows_uncached(table))
 
     def _duplicate_rows_uncached(self, table: str) -> int:
         """Each row's hash is folded together column by column as columns are reduced for measures
@@ -437,7 +436,7 @@ class FrameSource:
 
     def orphans(self, link: Link, null_markers: Sequence[str] = DEFAULT_NULL_MARKERS) -> OrphanCount:
         markers = _markers(null_markers)
-        return self._answer(("orphans", link, markers), lambda: self._orphans_uncached(link, markers))
+        return self._counts.answer(("orphans", link, markers), lambda: self._orphans_uncached(link, markers))
 
     def _orphans_uncached(self, link: Link, markers: tuple[str, ...]) -> OrphanCount:
         child_unit = ("column", link.child_table, link.child_column)
@@ -463,18 +462,6 @@ class FrameSource:
         distinct = self._distinct[unit]
         with distinct.lock:
             return distinct.conn.serialize()
-
-    def _answer(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-        with self._guard:
-            lock = self._answer_locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._guard:
-                if key in self._answers:
-                    return self._answers[key]
-            value = compute()
-            with self._guard:
-                self._answers[key] = value
-            return value
 
 
 class FramePreparer:
