@@ -85,12 +85,6 @@ def print_run_summary(summary: RunSummary, dsn: str) -> None:
                   "(or DAGSTER_HOME=<state dir>/dagster dagster dev -w workspace.yaml)", soft_wrap=True)
 
 
-def _fmt(value: float | int | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:,}" if isinstance(value, int) else f"{value:.2f}"
-
-
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Option("--out", help="Where to write the snapshot (and PATH.truth.json).")],
