@@ -19,7 +19,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
@@ -42,7 +42,7 @@ from servicedesk_etl.profiling.dates import (
     ORDER_AMBIGUOUS_SHAPE,
     date_shape,
 )
-from servicedesk_etl.profiling.identifiers import pg_names
+from servicedesk_etl.profiling.identifiers import NameMapping, pg_names
 from servicedesk_etl.profiling.numbers import BOOLEAN_FORMATS, NUMBER_FORMATS, read_boolean, read_number
 from servicedesk_etl.profiling.plan import ColumnPlan, ColumnProfile, Conversion, FormatEvidence, Plan, TablePlan
 from servicedesk_etl.profiling.values import ROWID, STORAGE_CLASSES, RowSample, read_rows
@@ -135,17 +135,45 @@ def profile_connection(
     progress: Callable[[str, int, int], None] | None = None,
     on_table: TableFrameHook | None = None,
 ) -> Plan:
-    """The plan for every user table of an open (read-only) connection (`on_table` as in `profile_database`)."""
+    """The plan for every user table of an open (read-only) connection (`on_table` as in `profile_database`).
+
+    A table read whole is decided on a worker thread while this one reads the next table: reading is
+    Python work, deciding mostly polars work that runs without the GIL. At most two whole tables are
+    in memory at once, the one being decided and the one being read.
+    """
     tables = list_tables(conn)
     table_names = pg_names(tables, columns=False)
     for mapping in table_names:
         if mapping.renamed:
             log.warning("table %s: %s", mapping.original, mapping.note)
-    plans = []
-    for mapping in table_names:
-        plans.append(profile_table(conn, mapping.original, mapping.pg_name, settings, on_table))
-        if progress is not None:
-            progress(mapping.original, plans[-1].row_count, plans[-1].row_count)
+    plans: list[TablePlan] = []
+    pending: Future[TablePlan] | None = None
+
+    def finish_pending() -> None:
+        nonlocal pending
+        if pending is not None:
+            decided, pending = pending, None
+            plans.append(decided.result())
+            if progress is not None:
+                progress(plans[-1].name, plans[-1].row_count, plans[-1].row_count)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide")
+    try:
+        for mapping in table_names:
+            layout = _layout(conn, mapping.original, settings)
+            if not layout.whole:
+                finish_pending()
+                plans.append(_profile_in_parts(conn, mapping.original, mapping.pg_name, layout, settings, on_table))
+                if progress is not None:
+                    progress(mapping.original, plans[-1].row_count, plans[-1].row_count)
+                continue
+            whole = _read_whole(conn, mapping.original, on_table)
+            finish_pending()
+            pending = pool.submit(_decide_whole, mapping.original, mapping.pg_name, layout, whole, settings)
+            del whole
+        finish_pending()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return Plan(
         source_path=source_path,
         source_sha256=source_sha256,
@@ -160,6 +188,27 @@ def _json_ready(settings: dict[str, object]) -> dict[str, object]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a table is profiled: `whole` (every row in one read, decided without the connection), or in
+    groups of columns, or from a seeded `sample` of rows (more than `sample_above_rows`)."""
+
+    columns: tuple[SourceColumn, ...]
+    total: int
+    rows: int
+    sample: RowSample | None
+    whole: bool
+
+
+def _layout(conn: sqlite3.Connection, table: str, settings: ProfileSettings) -> _Layout:
+    columns = tuple(table_columns(conn, table))
+    total = row_count(conn, table)
+    if total > settings.sample_above_rows:
+        sample = RowSample(settings.sample_rows / total, settings.seed)
+        return _Layout(columns, total, min(total, settings.sample_rows), sample, whole=False)
+    return _Layout(columns, total, total, None, whole=total * len(columns) <= CELLS_PER_READ)
+
+
 def profile_table(
     conn: sqlite3.Connection,
     table: str,
@@ -167,43 +216,78 @@ def profile_table(
     settings: ProfileSettings,
     on_table: TableFrameHook | None = None,
 ) -> TablePlan:
-    columns = table_columns(conn, table)
-    total = row_count(conn, table)
-    sampled = total > settings.sample_above_rows
-    sample = RowSample(settings.sample_rows / total, settings.seed) if sampled else None
+    layout = _layout(conn, table, settings)
+    if layout.whole:
+        return _decide_whole(table, pg_name, layout, _read_whole(conn, table, on_table), settings)
+    return _profile_in_parts(conn, table, pg_name, layout, settings, on_table)
+
+
+def _read_whole(conn: sqlite3.Connection, table: str, on_table: TableFrameHook | None) -> pl.DataFrame:
+    whole = read_rows(conn, table)
+    if on_table is not None:
+        on_table(table, whole)
+    return whole
+
+
+def _decide_whole(
+    table: str, pg_name: str, layout: _Layout, whole: pl.DataFrame, settings: ProfileSettings
+) -> TablePlan:
+    """The plan of a table from its raw frame (no connection needed: safe on any thread)."""
+    names = dict(zip(layout.columns, pg_names([column.name for column in layout.columns])))
+    decided = plan_columns(((c, whole[c.name], names[c].pg_name) for c in layout.columns), settings)
+    plans = [_with_name_note(table, names[column], plan) for column, plan in zip(layout.columns, decided)]
+    # In memory, one column at a time copies least.
+    repeated_rows = partial(_repeated_in_frame, whole, cache(lambda key: whole[key].is_duplicated()))
+    return _table_plan(table, pg_name, layout, plans, repeated_rows, columns_per_read=1)
+
+
+def _profile_in_parts(
+    conn: sqlite3.Connection,
+    table: str,
+    pg_name: str,
+    layout: _Layout,
+    settings: ProfileSettings,
+    on_table: TableFrameHook | None,
+) -> TablePlan:
+    """The plan of a table read a few columns at a time, or from a sample of its rows."""
+    columns, total, sampled = layout.columns, layout.total, layout.sample is not None
     full_counts = _full_table_counts(conn, table, columns, settings.null_markers) if sampled else {}
     if sampled:
         log.info("table %s: %d rows, profiling a seeded sample of about %d", table, total, settings.sample_rows)
     names = dict(zip(columns, pg_names([column.name for column in columns])))
-    rows = min(total, settings.sample_rows) if sampled else total
-    whole = read_rows(conn, table) if rows * len(columns) <= CELLS_PER_READ and not sampled else None
-    if whole is not None and on_table is not None:
-        on_table(table, whole)
     group_hook = None if sampled or on_table is None else partial(on_table, table)
-    raws = (
-        ((c, whole[c.name]) for c in columns)
-        if whole is not None
-        else _raw_columns(conn, table, columns, sample, rows, group_hook)
-    )
+    raws = _raw_columns(conn, table, columns, layout.sample, layout.rows, group_hook)
     plans = []
     for column, plan in zip(columns, plan_columns(((c, raw, names[c].pg_name) for c, raw in raws), settings)):
-        mapping = names[column]
         if sampled:
             plan = _with_full_table_counts(plan, total, full_counts[column.name])
             plan = dataclasses.replace(plan, unique=plan.unique and _unique_in_table(conn, table, column.name))
-        if mapping.note:
-            log.warning("column %s.%s: %s", table, column.name, mapping.note)
-            plan = dataclasses.replace(plan, reason=f"{plan.reason}; {mapping.note}")
-        plans.append(plan)
+        plans.append(_with_name_note(table, names[column], plan))
     repeated_rows: RepeatedRows | None = None
-    if whole is not None:
-        repeated_rows = partial(_repeated_in_frame, whole, cache(lambda key: whole[key].is_duplicated()))
-    elif not sampled:
+    if not sampled:
         few = {plan.name for plan in plans if (plan.profile.rows - plan.profile.distinct_values) * 2 <= plan.profile.rows}
         repeated_rows = partial(_repeated_in_table, conn, table, cache(partial(_repeated_rowids, conn, table)), few)
-    # In memory, one column at a time copies least; from SQLite, as many as one read may hold.
-    columns_per_read = 1 if whole is not None else max(1, CELLS_PER_READ // max(total, 1) - 1)
-    key_columns, key_note = _key_columns(columns, plans, repeated_rows, columns_per_read)
+    # From SQLite, as many columns as one read may hold.
+    columns_per_read = max(1, CELLS_PER_READ // max(total, 1) - 1)
+    return _table_plan(table, pg_name, layout, plans, repeated_rows, columns_per_read)
+
+
+def _with_name_note(table: str, mapping: NameMapping, plan: ColumnPlan) -> ColumnPlan:
+    if not mapping.note:
+        return plan
+    log.warning("column %s.%s: %s", table, mapping.original, mapping.note)
+    return dataclasses.replace(plan, reason=f"{plan.reason}; {mapping.note}")
+
+
+def _table_plan(
+    table: str,
+    pg_name: str,
+    layout: _Layout,
+    plans: Sequence[ColumnPlan],
+    repeated_rows: RepeatedRows | None,
+    columns_per_read: int,
+) -> TablePlan:
+    key_columns, key_note = _key_columns(layout.columns, plans, repeated_rows, columns_per_read)
     if key_note:
         plans = [
             dataclasses.replace(plan, reason=f"{plan.reason}; {key_note}") if plan.name in key_columns else plan
@@ -212,10 +296,10 @@ def profile_table(
     return TablePlan(
         name=table,
         pg_name=pg_name,
-        row_count=total,
+        row_count=layout.total,
         columns=tuple(plans),
         key_columns=key_columns,
-        sampled=sampled,
+        sampled=layout.sample is not None,
     )
 
 
