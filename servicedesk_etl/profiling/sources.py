@@ -217,7 +217,7 @@ class _SqliteExpr:
             "bigint": f"typeof({self.q}) = 'integer'",
             "numeric": f"{self.q} < ''",
             "double precision": f"{self.q} < ''",
-            "boolean": f"{self.q} IN (0, 1)",
+            "boolean": f"({self.q} IN (0, 1) AND typeof({self.q}) = 'integer')",  # as `conforming`: not 0.0, 1.0
             "bytea": f"{self.q} >= X''",
         }.get(target_type, "0")
         return (

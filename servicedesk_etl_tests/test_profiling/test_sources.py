@@ -67,6 +67,22 @@ def test_sqlite_conformity_is_judged_by_storage_class_not_label(raw_values: Path
     assert counts[Measure(m.DATE_PARSEABLE, "v")] == 3  # canonical, with T, and the one SQLite rolls over
 
 
+@pytest.mark.parametrize("target", ["boolean", "bigint", "numeric", "double precision", "timestamp", "text", "bytea"])
+def test_sqlite_conformity_is_the_same_asked_alone_or_with_missing(tmp_path: Path, target: str) -> None:
+    """Asked together, MISSING and CONFORMING share one CASE per cell; the answer must not depend on
+    which of the two ways counted it (both are cached under the same measure)."""
+    rows = [(0,), (1,), (0.0,), (1.0,), (2,), (2.5,), ("1",), ("yes",), ("2025-05-20 08:42:00",), ("",), (None,),
+            (sqlite3.Binary(b"\x00\x01"),)]
+    conforming, missing = Measure(m.CONFORMING, "v", (target,)), Measure(m.MISSING, "v")
+    alone = sqlite_source(build_sqlite(tmp_path / "alone.db", 'CREATE TABLE "t" ("v")', "t", rows)).measure("t", [conforming])
+    paired = sqlite_source(build_sqlite(tmp_path / "paired.db", 'CREATE TABLE "t" ("v")', "t", rows)).measure(
+        "t", [missing, conforming]
+    )
+    assert paired[conforming] == alone[conforming]
+    if target == "boolean":
+        assert alone[conforming] == 2  # the integers 0 and 1; not the reals 0.0 and 1.0, nor text
+
+
 def test_sqlite_text_integrity_counts_nul_crlf_and_invalid_utf8(raw_values: Path) -> None:
     kinds = (m.NUL_BYTES, m.CRLF, m.INVALID_UTF8, m.TEXT_VALUES)
     counts = sqlite_source(raw_values).measure("t", [Measure(kind, "v") for kind in kinds])
