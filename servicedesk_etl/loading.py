@@ -111,9 +111,31 @@ def version_schema_name(now: datetime | None = None) -> str:
 
 
 def canary_bucket(seed: int, *key: Any) -> int:
-    """The sample bucket (0..9999) of a row, from a seeded hash of its key: stable across runs."""
+    """The sample bucket (0..9999) of a row, from a seeded hash of its key: stable across runs.
+
+    A key of one integer (the usual id, or the rowid) is hashed by modular arithmetic that SQLite
+    computes as well (`_integer_bucket_sql`), so those rows are chosen in SQL, not one by one in Python;
+    any other key by a seeded blake2b of its values."""
+    if len(key) == 1 and type(key[0]) is int:
+        return ((key[0] % _BUCKET_PRIME) * _BUCKET_MULTIPLIER + _bucket_seed(seed)) % _BUCKET_PRIME % CANARY_BUCKETS
     digest = hashlib.blake2b(repr((seed, key)).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % CANARY_BUCKETS
+
+
+# (x mod P) * M + seed stays below 2**63, so SQLite's integer arithmetic never overflows to REAL.
+_BUCKET_PRIME = 1_000_000_007
+_BUCKET_MULTIPLIER = 2_654_435_761
+
+
+def _bucket_seed(seed: int) -> int:
+    return (seed * 40_503 + 1) % _BUCKET_PRIME
+
+
+def _integer_bucket_sql(key_sql: str) -> str:
+    """`canary_bucket(seed, key)` for an integer key, in SQLite (one parameter: `_bucket_seed(seed)`);
+    SQLite's `%` keeps the sign of a negative key, Python's does not, hence the extra `+ P) % P`."""
+    prime = _BUCKET_PRIME
+    return f"((((({key_sql} % {prime}) + {prime}) % {prime}) * {_BUCKET_MULTIPLIER} + ?) % {prime} % {CANARY_BUCKETS})"
 
 
 def register_canary_function(conn: sqlite3.Connection) -> None:
@@ -167,15 +189,32 @@ def sampled_rowids(
         cached = _SAMPLE_CACHE.get(cache_key) if cache_key else None
     if cached is not None:
         return cached
-    key = ", ".join(quote_ident(name) for name in identity)
-    rows = conn.execute(f"SELECT {rowid}, {key} FROM {quote_ident(table.name)} ORDER BY {rowid}")
-    chosen = [row[0] for row in rows if canary_bucket(seed, *row[1:]) < threshold]
+    chosen = _chosen_rowids(conn, table.name, rowid, identity, seed, threshold)
     if cache_key:
         with _SAMPLE_LOCK:
             if len(_SAMPLE_CACHE) >= SAMPLE_CACHE_ENTRIES:
                 _SAMPLE_CACHE.pop(next(iter(_SAMPLE_CACHE)))
             _SAMPLE_CACHE[cache_key] = chosen
     return chosen
+
+
+def _chosen_rowids(
+    conn: sqlite3.Connection, table: str, rowid: str, identity: Sequence[str], seed: int, threshold: int
+) -> list[int]:
+    """The rowids, in order, whose key bucket is below `threshold`: for a key of one column, the rows
+    holding an integer are chosen in SQL and only the others hashed here; any other key, row by row."""
+    key = ", ".join(quote_ident(name) for name in identity)
+    source = quote_ident(table)
+    if len(identity) != 1:
+        rows = conn.execute(f"SELECT {rowid}, {key} FROM {source} ORDER BY {rowid}")
+        return [row[0] for row in rows if canary_bucket(seed, *row[1:]) < threshold]
+    in_sql = conn.execute(
+        f"SELECT {rowid} FROM {source} WHERE typeof({key}) = 'integer' AND {_integer_bucket_sql(key)} < ?",
+        (_bucket_seed(seed), threshold),
+    )
+    others = conn.execute(f"SELECT {rowid}, {key} FROM {source} WHERE typeof({key}) <> 'integer'")
+    chosen = [value for (value,) in in_sql] + [value for value, each in others if canary_bucket(seed, each) < threshold]
+    return sorted(chosen)
 
 
 def _database_file(conn: sqlite3.Connection) -> tuple[str, int, int, int, bytes] | None:

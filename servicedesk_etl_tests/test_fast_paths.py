@@ -152,22 +152,36 @@ def sampled_ids(path: Path) -> list[int]:
         conn.close()
 
 
-def test_the_canary_sample_is_hashed_once_per_file_and_anew_when_the_file_changes(tmp_path, monkeypatch):
+def test_the_canary_sample_is_chosen_once_per_file_and_anew_when_the_file_changes(tmp_path, monkeypatch):
     calls = []
+    choose = loading._chosen_rowids
 
-    def counted(seed, *key):
-        calls.append(key)
-        return canary_bucket(seed, *key)
+    def counted(*args):
+        calls.append(args)
+        return choose(*args)
 
-    monkeypatch.setattr(loading, "canary_bucket", counted)
+    monkeypatch.setattr(loading, "_chosen_rowids", counted)
     path = keyed_file(tmp_path / "k.db", range(3000))
     first = sampled_ids(path)
     assert first == [k for k in range(3000) if canary_bucket(0, k) < 1000]
-    hashed = len(calls)
-    assert sampled_ids(path) == first and len(calls) == hashed
+    assert sampled_ids(path) == first and len(calls) == 1
     keyed_file(path, range(10_000, 13_000))
     assert sampled_ids(path) == [k for k in range(10_000, 13_000) if canary_bucket(0, k) < 1000]
-    assert len(calls) > hashed
+    assert len(calls) == 2
+
+
+def test_integer_keys_are_sampled_in_sql_exactly_as_canary_bucket_says(tmp_path):
+    """Integer keys are bucketed by SQLite; keys of other types in the same column by Python: one rule."""
+    keys = [*range(-50, 50), 2**62, -(2**63), 2**63 - 1, "a-7", "b", 3.5, 4.0]
+    conn = sqlite3.connect(tmp_path / "mixed-keys.db")
+    with conn:
+        conn.execute("CREATE TABLE t (k)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(key,) for key in keys])
+    for seed in (0, 3):
+        chosen = loading._chosen_rowids(conn, "t", "rowid", ("k",), seed, 5000)
+        assert chosen == [rowid for rowid, key in enumerate(keys, 1) if canary_bucket(seed, key) < 5000]
+        assert 0 < len(chosen) < len(keys)
+    conn.close()
 
 
 def test_reading_in_batches_gives_the_frame_of_one_batch(mixed_file, tmp_path, monkeypatch):
