@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,15 +43,16 @@ from servicedesk_etl import pg
 from servicedesk_etl.dsn import redact_dsn, scrub
 from servicedesk_etl.errors import InputError, TargetUnreachable
 from servicedesk_etl.preflight import PgTool, find_pg_tool
-from servicedesk_etl.sqlite_source import list_tables, open_readonly, row_count
+from servicedesk_etl.sqlite_source import file_sha256, list_tables, open_readonly, row_count
 
 log = logging.getLogger(__name__)
 
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 SIDECAR_SUFFIX = ".sha256.json"
 OWNER_ONLY = 0o600
+FINGERPRINT_CONNECTIONS = 4  # tables of a schema hashed at once
 _BACKUP_NAME = re.compile(r"^(?P<stem>.+)\.(?P<stamp>\d{8}_\d{6})(?:_(?P<seq>\d+))?(?P<ext>\.dump)?$")
-_CHUNK = 1 << 20
+_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -135,13 +137,19 @@ class PgRestore:
 
 
 def file_digests(path: Path) -> FileDigests:
-    """MD5 and SHA-256 of a file in one pass."""
+    """MD5 and SHA-256 of a file in one pass, the MD5 of each chunk on a thread while this one takes
+    its SHA-256 (hashlib releases the GIL on large buffers)."""
     md5, sha256, size = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
-    with Path(path).open("rb") as handle:
+    with Path(path).open("rb") as handle, ThreadPoolExecutor(max_workers=1, thread_name_prefix="md5") as pool:
+        pending = None
         while chunk := handle.read(_CHUNK):
-            md5.update(chunk)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(md5.update, chunk)
             sha256.update(chunk)
             size += len(chunk)
+        if pending is not None:
+            pending.result()
     return FileDigests(md5.hexdigest(), sha256.hexdigest(), size)
 
 
@@ -202,7 +210,7 @@ def backup_sqlite(source: Path, output_dir: Path, *, now: datetime | None = None
     try:
         os.chmod(tmp, OWNER_ONLY)
         src = open_readonly(source)
-        source_sha256 = file_digests(source).sha256
+        source_sha256 = file_sha256(source)
         try:
             dst = sqlite3.connect(tmp)
             try:
@@ -423,11 +431,9 @@ def schema_pattern(schema: str) -> str:
 
 
 def schema_fingerprint(dsn: str, schema: str) -> dict[str, TableFingerprint]:
-    """Per table of `schema`: its row count and an order-independent MD5 of its rows' text."""
-    with _connect(dsn, autocommit=False) as conn:
-        conn.execute("SET LOCAL TimeZone = 'UTC'")
-        conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
-        conn.execute("SET LOCAL extra_float_digits = 3")
+    """Per table of `schema`: its row count and an order-independent MD5 of its rows' text (tables
+    hashed on a few connections at once: the server hashes each in its own process)."""
+    with _connect(dsn) as conn:
         tables = [
             name for (name,) in conn.execute(
                 "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -435,19 +441,30 @@ def schema_fingerprint(dsn: str, schema: str) -> dict[str, TableFingerprint]:
                 (schema,),
             )
         ]
-        fingerprint = {}
-        for table in tables:
-            query = sql.SQL(
-                "SELECT count(*), coalesce(md5(string_agg(row_md5, '' ORDER BY row_md5)), md5(''))"
-                " FROM (SELECT md5(t::text) AS row_md5 FROM {}.{} AS t) AS rows"
-            ).format(sql.Identifier(schema), sql.Identifier(table))
-            rows, digest = conn.execute(query).fetchone()
-            fingerprint[table] = TableFingerprint(int(rows), digest)
-        return fingerprint
+    if not tables:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(FINGERPRINT_CONNECTIONS, len(tables)), thread_name_prefix="fingerprint") as pool:
+        prints = list(pool.map(lambda table: _table_fingerprint(dsn, schema, table), tables))
+    return dict(zip(tables, prints, strict=True))
+
+
+def _table_fingerprint(dsn: str, schema: str, table: str) -> TableFingerprint:
+    with _connect(dsn, autocommit=False) as conn:
+        conn.execute("SET LOCAL TimeZone = 'UTC'")
+        conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        conn.execute("SET LOCAL extra_float_digits = 3")
+        query = sql.SQL(
+            "SELECT count(*), coalesce(md5(string_agg(row_md5, '' ORDER BY row_md5)), md5(''))"
+            " FROM (SELECT md5(t::text) AS row_md5 FROM {}.{} AS t) AS rows"
+        ).format(sql.Identifier(schema), sql.Identifier(table))
+        rows, digest = conn.execute(query).fetchone()
+        return TableFingerprint(int(rows), digest)
 
 
 def _dump_args(schema: str, output: Path) -> list[str]:
-    return ["--format=custom", "--strict-names", "--schema", schema_pattern(schema), "--file", str(output)]
+    # Compression level 1: about 2.5 times faster than the default 6 for a file about 1.4 times as big.
+    return ["--format=custom", "--compress=1", "--strict-names", "--schema", schema_pattern(schema),
+            "--file", str(output)]
 
 
 def pg_dump_schema(
@@ -465,14 +482,17 @@ def pg_dump_schema(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=output_dir)
     os.close(fd)
     tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, OWNER_ONLY)
-        _run_client(tool, _dump_args(schema, tmp), dsn)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The fingerprint is taken while pg_dump runs: both only read the schema, each in its own server process.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint") as pool:
+        fingerprinted = pool.submit(schema_fingerprint, dsn, schema)
+        try:
+            os.chmod(tmp, OWNER_ONLY)
+            _run_client(tool, _dump_args(schema, tmp), dsn)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fingerprint = fingerprinted.result()
     os.chmod(target, OWNER_ONLY)
-    fingerprint = schema_fingerprint(dsn, schema)
     digests = file_digests(target)
     document = {
         "kind": "pg_dump",
