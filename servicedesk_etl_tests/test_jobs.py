@@ -1,5 +1,7 @@
 """The rollback job swaps the previous version back in through Dagster, and records it on the asset."""
 
+import dataclasses
+
 import dagster as dg
 import psycopg
 import pytest
@@ -43,6 +45,18 @@ def test_the_rollback_job_puts_the_previous_version_back(tmp_path, fresh_databas
     with psycopg.connect(fresh_database) as conn:
         (tickets,) = conn.execute('SELECT count(*) FROM servicedesk."tickets"').fetchone()
     assert tickets == first.artifact.rows["tickets"]
+
+
+def test_a_version_its_gates_stop_leaves_the_live_schema_and_no_dump_behind(tmp_path, fresh_database):
+    settings = PipelineSettings(run_dry_run=False)
+    first = production_step(cleaned_demo(tmp_path, 1), dsn=fresh_database, settings=settings,
+                            backup_dir=tmp_path / "dumps")
+    unreachable = dataclasses.replace(cleaned_demo(tmp_path, 2), quality_score=101.0)  # production_quality fails
+    second = production_step(unreachable, dsn=fresh_database, settings=settings, backup_dir=tmp_path / "dumps")
+    assert first.artifact.live and not second.artifact.live
+    assert [g.name for g in second.gates if not g.passed] == ["production_quality"]
+    assert [v.schema for v in list_versions(fresh_database) if v.is_live] == [first.artifact.schema]
+    assert list((tmp_path / "dumps").glob("*")) == []  # the live schema's dump was for a cutover that did not happen
 
 
 def test_a_failing_health_check_stops_the_load_and_the_live_schema_stays(tmp_path, fresh_database):
