@@ -16,8 +16,9 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -33,7 +34,7 @@ from servicedesk_etl.dsn import scrub
 from servicedesk_etl.errors import InputError
 from servicedesk_etl.pg import connect, drop_schema
 from servicedesk_etl.profiling.plan import TARGET_TYPES, ColumnPlan, Plan, TablePlan
-from servicedesk_etl.sqlite_source import list_tables, open_readonly, quote_ident
+from servicedesk_etl.sqlite_source import list_tables, open_readonly, quote_ident, row_batches
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,12 @@ def copy_order(table: TablePlan) -> tuple[ColumnPlan, ...]:
     return (*plain, *(column for column in table.columns if column_converter(column) is not None))
 
 
+def _fetched(source: sqlite3.Connection, query: str, params: tuple[Any, ...], rows: int) -> Iterator[list[Any]]:
+    cursor = source.execute(query, params)
+    while batch := cursor.fetchmany(rows):
+        yield batch
+
+
 def convert_chunk(table: TablePlan, order: Sequence[ColumnPlan], rows: list[tuple[Any, ...]]) -> Iterable[tuple]:
     """The chunk's rows with their trailing columns (see `copy_order`) converted column by column.
 
@@ -539,11 +546,16 @@ def copy_rows(
         sql.Identifier(table.pg_name),
         sql.SQL(", ").join(sql.Identifier(column.pg_name) for column in order),
     )
-    cursor = source.execute(query, params)
+    file = _database_file(source)
+    batches = (
+        row_batches(file[0], query, params, chunk_rows, functions={CANARY_FUNCTION: canary_bucket})
+        if file is not None
+        else _fetched(source, query, params, chunk_rows)
+    )
     done = 0
-    with conn.cursor() as pg_cursor, pg_cursor.copy(statement) as copy:
+    with closing(batches), conn.cursor() as pg_cursor, pg_cursor.copy(statement) as copy:
         copy.set_types([COPY_TYPE[column.target_type] for column in order])
-        while rows := cursor.fetchmany(chunk_rows):
+        for rows in batches:
             if abort.is_set():
                 raise _LoadAborted(table.name)
             for row in convert_chunk(table, order, rows):

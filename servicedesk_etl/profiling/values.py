@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from servicedesk_etl.sqlite_source import quote_ident, readonly_uri, table_columns
+from servicedesk_etl.sqlite_source import quote_ident, readonly_uri, row_batches, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ def _read_plain(
     where: str,
     params: tuple[int, ...],
 ) -> pl.DataFrame:
-    """One pass with text fetched as bytes (decoded by polars, not per value in Python).
+    """One pass with text fetched as bytes (decoded by polars, not per value in Python); from a file,
+    on a connection of its own (`sqlite_source.row_batches`, much cheaper per value).
 
     Each batch of a column becomes one typed series, or, when the batch mixes storage classes, the
     fields `i`, `r` and `x` (bytes) split from the fetched values. Text and blobs both arrive as
@@ -159,11 +160,20 @@ def _read_plain(
     again, split by storage class in SQL.
     """
     any_blob = _blob_probe(conn, table, names, where, params)
-    query = _select(table, [quote_ident(name) for name in names], rowid_sql, where)
+    database = _database_file(conn)
+    if database is not None and not conn.in_transaction and _utf8_encoded(conn):
+        # On a connection of its own (`row_batches`), text cast to a blob arrives as its UTF-8 bytes.
+        query = _select(table, [_text_as_blob(quote_ident(name)) for name in names], rowid_sql, where)
+        batches: Iterator[list[tuple[object, ...]]] = (
+            list(zip(*rows)) for rows in row_batches(database, query, params, FETCH_ROWS)
+        )
+    else:
+        query = _select(table, [quote_ident(name) for name in names], rowid_sql, where)
+        batches = _fetch_columns(conn, query, params, text_as_bytes=True)
     rowid_parts: list[pl.Series] = []
     parts: dict[str, list[_Batch]] = {name: [] for name in names}
     with _no_cycle_collection():
-        for columns in _fetch_columns(conn, query, params, text_as_bytes=True):
+        for columns in batches:
             rowid_parts.append(_rowids(columns[0], sum(map(len, rowid_parts))))
             for name, values in zip(names, columns[1:]):
                 parts[name].append((len(values), _fields(values)))
@@ -277,6 +287,16 @@ def _fetch_columns(
             yield list(zip(*rows))
     finally:
         conn.text_factory = previous_factory
+
+
+def _text_as_blob(column: str) -> str:
+    """The column, its text values as blobs (their bytes, valid UTF-8 or not); other values unchanged."""
+    return f"(CASE WHEN {column} >= '' AND {column} < X'' THEN CAST({column} AS BLOB) ELSE {column} END)"
+
+
+def _utf8_encoded(conn: sqlite3.Connection) -> bool:
+    """Whether the database stores text as UTF-8 (a text cast to a blob gives it in that encoding)."""
+    return conn.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
 
 
 def _concat(parts: list[pl.Series], empty: pl.Series) -> pl.Series:

@@ -4,6 +4,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from servicedesk_etl.profiling import values
 from servicedesk_etl.profiling.values import RAW_DTYPE, ROWID, RowSample, read_rows, read_table
 from servicedesk_etl.sqlite_source import open_readonly
 
@@ -131,12 +132,19 @@ def test_a_few_invalid_utf8_values_among_many_keep_their_bytes_and_the_rest_deco
     assert set(raw.struct.field("storage").to_list()) == {"text"}
 
 
-def test_a_column_mixing_storage_classes_is_read_in_the_one_pass_that_reads_the_table(tmp_path):
+def test_a_column_mixing_storage_classes_is_read_in_the_one_pass_that_reads_the_table(tmp_path, monkeypatch):
     rows = [(n + 0.5 if n % 3 else n, "text" if n % 5 == 0 else n / 4) for n in range(300)]
     path = build(tmp_path / "m.db", "CREATE TABLE t (x, y)", rows)
     conn = open_readonly(path)
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
+    batches = values.row_batches
+
+    def traced(database, query, *args, **kwargs):  # the file's rows are read on a connection of their own
+        statements.append(query)
+        return batches(database, query, *args, **kwargs)
+
+    monkeypatch.setattr(values, "row_batches", traced)
     frame = read_rows(conn, "t")
     reads = [statement for statement in statements
              if 'FROM "t"' in statement and "EXISTS" not in statement and "LIMIT 0" not in statement]
@@ -147,3 +155,43 @@ def test_a_column_mixing_storage_classes_is_read_in_the_one_pass_that_reads_the_
     assert frame["y"].struct.field("storage").to_list() == expected_y
     assert frame["x"].struct.field("i").to_list()[:4] == [0, None, None, 3]
     assert frame["y"].struct.field("s").to_list()[:2] == ["text", None]
+
+
+AWKWARD = [
+    (1, "plain", 2.5, None),
+    (2, "", -0.0, b"\x00\x01"),
+    (3, "nul\x00byte", 1e308, "text among blobs"),
+    (4, "line\r\nbreak", 7, b"blob"),
+    (5, None, "7", 2**63 - 1),
+    (6, "日本語 ✓", None, -(2**63)),
+    (7, "   ", 0.1 + 0.2, ""),
+]
+
+
+def test_a_file_is_read_on_its_own_connection_exactly_as_the_same_rows_in_memory(tmp_path):
+    """A file's rows come through a second, faster connection (`row_batches`); a connection without a
+    file (here the same rows copied into memory) is read by the standard module: one frame either way."""
+    path = build(tmp_path / "awkward.db", "CREATE TABLE t (k INTEGER, a TEXT, b REAL, c)", AWKWARD)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("INSERT INTO t VALUES (8, CAST(x'66968a' AS TEXT), NULL, CAST(x'ff' AS TEXT))")
+    conn.close()
+    in_memory = sqlite3.connect(":memory:")
+    sqlite3.connect(path).backup(in_memory)
+    from_file = read_table(open_readonly(path), "t")
+    assert from_file.equals(read_table(in_memory, "t"))
+    assert from_file["a"].struct.field("b").to_list()[-1] == b"f\x96\x8a"
+    assert from_file["c"].struct.field("storage").to_list() == [
+        "null", "blob", "text", "blob", "integer", "integer", "text", "text"
+    ]
+
+
+def test_a_utf16_database_is_read_as_text_not_as_its_utf16_bytes(tmp_path):
+    path = tmp_path / "utf16.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA encoding = 'UTF-16le'")
+    conn.execute("CREATE TABLE t (a TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?)", [("ascii",), ("日本語",), (None,)])
+    conn.commit()
+    conn.close()
+    assert read_table(open_readonly(path), "t")["a"].struct.field("s").to_list() == ["ascii", "日本語", None]
