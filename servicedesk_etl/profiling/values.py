@@ -150,24 +150,24 @@ def _read_plain(
     where: str,
     params: tuple[int, ...],
 ) -> pl.DataFrame:
-    """One pass with text fetched as bytes (decoded by polars, not per value in Python); from a file,
-    on a connection of its own (`sqlite_source.row_batches`, much cheaper per value).
+    """One pass with text fetched as bytes (decoded by polars, not per value in Python).
 
     Each batch of a column becomes one typed series, or, when the batch mixes storage classes, the
-    fields `i`, `r` and `x` (bytes) split from the fetched values. Text and blobs both arrive as
-    bytes, so a cheap probe tells which byte columns hold blobs (asked on a second connection while
-    this one reads, when the database is a file); only a column mixing blobs with text is read
-    again, split by storage class in SQL.
+    fields `i`, `r`, `x` (bytes) and `h` (hex text) split from the fetched values. From a file, the
+    rows come on a connection of their own (`sqlite_source.row_batches`, much cheaper per value) with
+    text cast to bytes and blobs to their hex (`_tagged`), so each value's type tells its class.
+    Otherwise text and blobs both arrive as bytes: a cheap probe tells which byte columns hold blobs,
+    and only a column mixing blobs with text is read again, split by storage class in SQL.
     """
-    any_blob = _blob_probe(conn, table, names, where, params)
     database = _database_file(conn)
     if database is not None and not conn.in_transaction and _utf8_encoded(conn):
-        # On a connection of its own (`row_batches`), text cast to a blob arrives as its UTF-8 bytes.
-        query = _select(table, [_text_as_blob(quote_ident(name)) for name in names], rowid_sql, where)
+        query = _select(table, [_tagged(quote_ident(name)) for name in names], rowid_sql, where)
         batches: Iterator[list[tuple[object, ...]]] = (
             list(zip(*rows)) for rows in row_batches(database, query, params, FETCH_ROWS)
         )
+        any_blob: Callable[[], bool] = lambda: False  # noqa: E731 - blobs arrive tagged, as hex
     else:
+        any_blob = _blob_probe(conn, table, names, where, params)
         query = _select(table, [quote_ident(name) for name in names], rowid_sql, where)
         batches = _fetch_columns(conn, query, params, text_as_bytes=True)
     rowid_parts: list[pl.Series] = []
@@ -194,6 +194,20 @@ def _read_plain(
     return pl.DataFrame([rowids, *[raw[name] for name in names]])
 
 
+def _tagged(column: str) -> str:
+    """The column with its class in its value's type: text as a blob (its bytes, valid UTF-8 or not),
+    a blob as the text of its hex digits; numbers and NULL as they are. (Blobs sort after text.)"""
+    return (
+        f"(CASE WHEN {column} >= '' AND {column} < X'' THEN CAST({column} AS BLOB)"
+        f" WHEN {column} >= X'' THEN hex({column}) ELSE {column} END)"
+    )
+
+
+def _utf8_encoded(conn: sqlite3.Connection) -> bool:
+    """Whether the database stores text as UTF-8 (a text cast to a blob gives it in that encoding)."""
+    return conn.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
+
+
 @contextmanager
 def _no_cycle_collection() -> Iterator[None]:
     """The cyclic garbage collector paused: the millions of row tuples a read allocates trigger it
@@ -208,7 +222,8 @@ def _no_cycle_collection() -> Iterator[None]:
 
 
 def _fields(values: Sequence[object]) -> dict[str, pl.Series]:
-    """A batch of one column as its non-empty value fields: `i` (Int64), `r` (Float64), `x` (bytes).
+    """A batch of one column as its non-empty value fields: `i` (Int64), `r` (Float64), `x` (bytes),
+    `h` (text: the hex of blobs, as `_tagged` gives them).
 
     A batch of one storage class is one typed series built by polars; only a batch that mixes
     classes (or hides integers among reals, which polars would read as floats) is split per value.
@@ -222,12 +237,13 @@ def _fields(values: Sequence[object]) -> dict[str, pl.Series]:
         "i": pl.Series([v if k is int else None for v, k in zip(values, kinds)], dtype=pl.Int64),
         "r": pl.Series([v if k is float else None for v, k in zip(values, kinds)], dtype=pl.Float64),
         "x": pl.Series([v if k is bytes else None for v, k in zip(values, kinds)], dtype=pl.Binary),
+        "h": pl.Series([v if k is str else None for v, k in zip(values, kinds)], dtype=pl.String),
     }
     return {field: values for field, values in split.items() if values.null_count() < values.len()}
 
 
-_FIELD_OF_DTYPE = {pl.Int64: "i", pl.Float64: "r", pl.Binary: "x"}
-_FIELD_DTYPE = {"i": pl.Int64, "r": pl.Float64, "x": pl.Binary}
+_FIELD_OF_DTYPE = {pl.Int64: "i", pl.Float64: "r", pl.Binary: "x", pl.String: "h"}
+_FIELD_DTYPE = {"i": pl.Int64, "r": pl.Float64, "x": pl.Binary, "h": pl.String}
 
 
 _Batch = tuple[int, dict[str, pl.Series]]
@@ -252,24 +268,35 @@ def _nulls(rows: int, dtype: pl.DataType) -> pl.Series:
 
 
 def _raw_struct(table: str, name: str, fields: dict[str, pl.Series], rows: int, blobs: bool) -> pl.Series:
-    """The raw Struct series of a column from its fields; bytes are blobs when `blobs`, else text."""
+    """The raw Struct series of a column from its fields: bytes (`x`) are blobs when `blobs`, else text;
+    hex text (`h`) is always blobs."""
     x = fields.get("x")
     text, invalid = (None, None) if x is None or blobs else _decode_text(x)
     if invalid is not None and invalid.null_count() < invalid.len():
         log.info("table %s column %s holds text that is not valid UTF-8; keeping its bytes", table, name)
-    found = {"i": fields.get("i"), "r": fields.get("r"), "s": text, "b": x if blobs else invalid}
+    tagged = fields.get("h")
+    blob = x if blobs else None if tagged is None else tagged.str.decode("hex")
+    if invalid is not None and invalid.null_count() == invalid.len():
+        invalid = None
+    found = {"i": fields.get("i"), "r": fields.get("r"), "s": text, "blob": blob, "bad": invalid}
     present = {field: values.alias(field) for field, values in found.items() if values is not None}
     if not present:
-        present = {"b": _nulls(rows, pl.Binary).alias("b")}
+        present = {"bad": _nulls(rows, pl.Binary).alias("bad")}
     frame = pl.DataFrame(list(present.values()))
     storage = pl.lit("null")
-    for field, storage_class in (("b", "blob" if blobs else "text"), ("s", "text"), ("r", "real"), ("i", "integer")):
+    for field, storage_class in (("bad", "text"), ("blob", "blob"), ("s", "text"), ("r", "real"), ("i", "integer")):
         if field in present:
             storage = pl.when(pl.col(field).is_not_null()).then(pl.lit(storage_class)).otherwise(storage)
+    byte_fields = [pl.col(field) for field in ("blob", "bad") if field in present]
+    b = pl.coalesce(byte_fields) if len(byte_fields) > 1 else byte_fields[0] if byte_fields else pl.lit(None, pl.Binary)
+    values = {"i": pl.col("i"), "r": pl.col("r"), "s": pl.col("s"), "b": b}
     return frame.select(
         pl.struct(
             storage.alias("storage"),
-            *[pl.col(field) if field in present else pl.lit(None, dtype).alias(field) for field, dtype in FIELD_DTYPES.items()],
+            *[
+                (values[field] if field in present or field == "b" else pl.lit(None, dtype)).alias(field)
+                for field, dtype in FIELD_DTYPES.items()
+            ],
         ).alias(name)
     ).to_series()
 
@@ -287,16 +314,6 @@ def _fetch_columns(
             yield list(zip(*rows))
     finally:
         conn.text_factory = previous_factory
-
-
-def _text_as_blob(column: str) -> str:
-    """The column, its text values as blobs (their bytes, valid UTF-8 or not); other values unchanged."""
-    return f"(CASE WHEN {column} >= '' AND {column} < X'' THEN CAST({column} AS BLOB) ELSE {column} END)"
-
-
-def _utf8_encoded(conn: sqlite3.Connection) -> bool:
-    """Whether the database stores text as UTF-8 (a text cast to a blob gives it in that encoding)."""
-    return conn.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
 
 
 def _concat(parts: list[pl.Series], empty: pl.Series) -> pl.Series:
