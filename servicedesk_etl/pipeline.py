@@ -620,13 +620,10 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
                            progress=with_health(progress, health_check))
         rows = {entry.table: entry.rows for entry in load.tables}
         register_version(dsn, schema, source_sha256=cleaned.source_sha256, row_counts=rows)
-        # The live schema is dumped while the new version is checked (it is only read): the dump is
-        # kept if the version goes live, removed if a gate stops it.
-        report, queries, loaded, dump = concurrently(
+        report, queries, loaded = concurrently(
             lambda: reconcile_schema(cleaned.path, plan, dsn, schema, sample_percent=None, stored_cache=stored),
             lambda: run_query_templates(dsn, schema),
             lambda: score_quality(postgres_source(dsn, schema), plan),
-            lambda: pg_dump_schema(dsn, LIVE_SCHEMA, backup_dir) if schema_exists(dsn, LIVE_SCHEMA) else None,
         )
     finally:
         shutil.rmtree(stored, ignore_errors=True)
@@ -645,11 +642,9 @@ def production_step(cleaned: CleanedArtifact, *, dsn: str, settings: PipelineSet
                                 "rows_per_second": round(load.rows / load.seconds) if load.seconds else None}
     if any(gate.stops_the_run for gate in gates):
         metadata["live"] = False
-        if dump is not None:
-            dump.path.unlink(missing_ok=True)
-            dump.sidecar.unlink(missing_ok=True)
         return StepOutcome(SchemaArtifact(schema, rows, live=False), tuple(gates), metadata, elapsed_since(start))
-    if dump is not None:
+    if schema_exists(dsn, LIVE_SCHEMA):
+        dump = pg_dump_schema(dsn, LIVE_SCHEMA, backup_dir)
         metadata.update({"live_schema_backup": str(dump.path), "live_schema_backup_sha256": dump.sha256})
     cutover = promote(dsn, schema, keep=settings.keep_versions)
     metadata.update({"live": True, "previous_live": cutover.previous_version, "dropped_versions": list(cutover.dropped)})
