@@ -78,6 +78,11 @@ def row_batches(
     standard module gives them with its default text factory (int, float, str, bytes, None); its
     errors are raised as the standard module's (`sqlite3.OperationalError` for a busy or locked file,
     else `sqlite3.DatabaseError`), so callers handle one kind. `functions` are registered first.
+
+    APSW brings its own copy of SQLite, and two copies in one process do not see each other's file
+    locks (POSIX locks belong to the process; closing either copy's descriptor drops both copies'
+    locks). Nothing here writes through either copy, so no file can be damaged; use it only for files
+    no one writes while they are read: the run's private backup of the snapshot, the cleaned file.
     """
     try:
         conn = apsw.Connection(readonly_uri(path), flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
