@@ -4,7 +4,7 @@ The floor: the same rows streamed from SQLite into PostgreSQL with plain COPY in
 (`sqlite3 -csv` piped into COPY when the sqlite3 program exists, else a Python stream). Ratios,
 not seconds, are comparable across machines.
 
-    python benchmarks/bench_pipeline.py [--scale 1.0] [--dsn DSN]
+    python benchmarks/bench_pipeline.py [--scale 1.0] [--dsn DSN] [--runs 2]
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--dsn", default=None)
+    parser.add_argument("--runs", type=int, default=2, help="runs of each step; the best is judged")
     args = parser.parse_args()
 
     import os
@@ -79,39 +80,43 @@ def main() -> int:
         print(f"snapshot: {rows:,} rows, {snapshot.stat().st_size / 2**20:.1f} MiB; demo generated in {demo.seconds:.2f}s")
 
         floor = min(floor_seconds(snapshot, dsn) for _ in range(2))
-        timings: dict[str, float] = {}
 
         settings = PipelineSettings(run_dry_run=False)
-        start = time.perf_counter()
-        profiled = profile_step(snapshot, work / "profile", dsn=None, settings=settings)
-        timings["profile"] = time.perf_counter() - start
+        runs: dict[str, list[float]] = {"profile": [], "clean": [], "production load": []}
+        for round_ in range(args.runs):
+            start = time.perf_counter()
+            profiled = profile_step(snapshot, work / f"profile{round_}", dsn=None, settings=settings)
+            runs["profile"].append(time.perf_counter() - start)
 
-        start = time.perf_counter()
-        cleaned = clean_step(snapshot, profiled.artifact.plan_path, work / "cleaned.db",
-                             score_before=profiled.artifact.quality_score, settings=settings)
-        timings["clean"] = time.perf_counter() - start
+            start = time.perf_counter()
+            cleaned = clean_step(snapshot, profiled.artifact.plan_path, work / f"cleaned{round_}.db",
+                                 score_before=profiled.artifact.quality_score, settings=settings)
+            runs["clean"].append(time.perf_counter() - start)
 
-        plan = Plan.read(profiled.artifact.plan_path)
-        start = time.perf_counter()
-        load_schema(cleaned.artifact.path, plan, dsn, "bench_load")
-        timings["production load"] = time.perf_counter() - start
-        drop_schema(dsn, "bench_load")
+            plan = Plan.read(profiled.artifact.plan_path)
+            start = time.perf_counter()
+            load_schema(cleaned.artifact.path, plan, dsn, "bench_load")
+            runs["production load"].append(time.perf_counter() - start)
+            drop_schema(dsn, "bench_load")
 
         from servicedesk_etl.runner import run_migration
 
         os.environ["SERVICEDESK_PG_DSN"] = dsn
         start = time.perf_counter()
         summary = run_migration(snapshot)
-        timings["whole pipeline"] = time.perf_counter() - start
+        runs["whole pipeline"] = [time.perf_counter() - start]
         if not summary.success:
             print(f"the pipeline stopped: {summary.stopped_by}: {summary.reason}")
 
-    print(f"\nfloor (plain COPY into all-TEXT tables): {floor:.2f}s\n")
-    print(f"{'step':<18}{'seconds':>9}{'x floor':>9}{'target':>9}")
-    for step, seconds in timings.items():
-        ratio = seconds / floor
-        verdict = "ok" if ratio <= TARGETS[step] else "over"
-        print(f"{step:<18}{seconds:>9.2f}{ratio:>9.2f}{TARGETS[step]:>8.1f}x  {verdict}")
+    print(f"\nfloor (plain COPY into all-TEXT tables, best of two runs): {floor:.2f}s")
+    print("each step: its first run in this process (it pays for importing and compiling its modules and")
+    print(f"for polars' first use) and the best of {args.runs}; the verdict is on the best, as the floor is a best")
+    print("of two. The whole pipeline runs once, cold: its figure includes importing Dagster.\n")
+    print(f"{'step':<18}{'first':>8}{'best':>8}{'x floor':>9}{'(first)':>9}{'target':>9}")
+    for step, seconds in runs.items():
+        first, best = seconds[0], min(seconds)
+        verdict = "ok" if best / floor <= TARGETS[step] else "over"
+        print(f"{step:<18}{first:>8.2f}{best:>8.2f}{best / floor:>9.2f}{first / floor:>9.2f}{TARGETS[step]:>8.1f}x  {verdict}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory of this process: {peak:.0f} MiB")
     return 0
