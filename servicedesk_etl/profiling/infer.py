@@ -209,19 +209,6 @@ def _layout(conn: sqlite3.Connection, table: str, settings: ProfileSettings) -> 
     return _Layout(columns, total, total, None, whole=total * len(columns) <= CELLS_PER_READ)
 
 
-def profile_table(
-    conn: sqlite3.Connection,
-    table: str,
-    pg_name: str,
-    settings: ProfileSettings,
-    on_table: TableFrameHook | None = None,
-) -> TablePlan:
-    layout = _layout(conn, table, settings)
-    if layout.whole:
-        return _decide_whole(table, pg_name, layout, _read_whole(conn, table, on_table), settings)
-    return _profile_in_parts(conn, table, pg_name, layout, settings, on_table)
-
-
 def _read_whole(conn: sqlite3.Connection, table: str, on_table: TableFrameHook | None) -> pl.DataFrame:
     whole = read_rows(conn, table)
     if on_table is not None:
