@@ -357,6 +357,34 @@ def list_backups(output_dir: Path) -> list[tuple[str, datetime, Path]]:
     return sorted(found, key=lambda item: (item[1], item[2].name))
 
 
+# A Dagster run id: only directories named like one are ever taken for run directories.
+_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def prune_runs(current: Path, keep: int) -> list[Path]:
+    """Remove the oldest run directories beside `current` (its siblings named like a run id, by
+    modification time) so that at most `keep` remain besides `current`, which always stays; 0 keeps
+    all. A directory that cannot be removed is logged and left. Returns those removed."""
+    if keep <= 0:
+        return []
+    current = current.resolve()
+    runs = [
+        path for path in current.parent.iterdir()
+        if path.is_dir() and not path.is_symlink() and _RUN_ID.match(path.name) and path.resolve() != current
+    ]  # fmt: skip
+    runs.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    removed = []
+    for path in runs[keep:]:
+        try:
+            shutil.rmtree(path)
+        except OSError as error:
+            log.warning("could not remove the old run directory %s: %s", path, error)
+            continue
+        log.info("removed the old run directory %s (more than %d runs are kept)", path, keep)
+        removed.append(path)
+    return removed
+
+
 def prune_backups(output_dir: Path, retention_days: int, *, now: datetime | None = None) -> list[Path]:
     """Remove backups and dumps (and sidecars) older than `retention_days`; the newest of each source always stays."""
     if retention_days < 0:

@@ -42,6 +42,7 @@ class PipelineSettings:
     min_quality_score: float = 80.0
     canary_percent: float = 10.0
     keep_versions: int = 3
+    keep_runs: int = 30
     load_workers: int = 2
     day_first_default: bool = True
     duplicate_policy: str = "keep_first"
@@ -144,12 +145,16 @@ def write_profile_json(plan: Plan, gates: list[GateResult], score: Any, rules: A
 
 
 def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings) -> StepOutcome[BackupArtifact | None]:
-    """Preflight, then a verified online-API backup of the snapshot (the copy every later step reads)."""
-    from servicedesk_etl.backup import backup_sqlite, verify_backup
+    """Preflight, then a verified online-API backup of the snapshot (the copy every later step reads).
+
+    First the oldest run directories beside `run_dir` go, beyond `keep_runs`: each holds a copy of
+    its snapshot and its cleaned file, and the disk check comes next."""
+    from servicedesk_etl.backup import backup_sqlite, prune_runs, verify_backup
     from servicedesk_etl.preflight import run_preflight
 
     start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    pruned = [str(path) for path in prune_runs(run_dir, settings.keep_runs)]
     report = run_preflight(source, dsn, work_dirs=[run_dir], min_free_ratio=settings.min_free_disk_ratio)
     preflight = GateResult(
         "preflight",
@@ -158,7 +163,7 @@ def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: Pipel
         metadata=jsonable(report.to_dict()),
     )
     if not preflight.passed:
-        return StepOutcome(None, (preflight,), seconds=elapsed_since(start))
+        return StepOutcome(None, (preflight,), {"pruned_runs": pruned}, elapsed_since(start))
     backup = backup_sqlite(source, run_dir / "backup")
     verification = verify_backup(source, backup.path)
     verified = GateResult(
@@ -171,7 +176,7 @@ def backup_step(source: Path, run_dir: Path, *, dsn: str | None, settings: Pipel
     artifact = BackupArtifact(source, backup.source_sha256, backup.path, backup.sha256, dict(verification.row_counts))
     metadata = {"rows": sum(artifact.row_counts.values()), "rows_per_table": artifact.row_counts,
                 "backup": str(backup.path), "sha256": backup.sha256, "source": str(source),
-                "source_sha256": backup.source_sha256}
+                "source_sha256": backup.source_sha256, "pruned_runs": pruned}
     return StepOutcome(artifact, (preflight, verified), metadata, elapsed_since(start))
 
 

@@ -56,6 +56,7 @@ class GateSettings(dg.ConfigurableResource):
     min_quality_score: float = 80.0
     canary_percent: float = 10.0
     keep_versions: int = 3
+    keep_runs: int = Field(default=30, description="Run directories kept (each holds its snapshot copy and cleaned file); 0 keeps all.")
     load_workers: int = 2
     day_first_default: bool = True
     duplicate_policy: str = "keep_first"

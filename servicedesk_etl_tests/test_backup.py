@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import stat
 import subprocess
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from servicedesk_etl.backup import (
     client_connection,
     pg_dump_schema,
     prune_backups,
+    prune_runs,
     restore_backup,
     restore_pg_dump,
     schema_fingerprint,
@@ -468,3 +471,45 @@ def test_pg_dump_with_a_password_dsn_works_and_no_password_reaches_the_files(fre
 
     assert b"s3cr3t-test-pw" not in dump.path.read_bytes()
     assert "s3cr3t-test-pw" not in dump.sidecar.read_text()
+
+
+def _run_dirs(runs: Path, count: int) -> list[Path]:
+    """`count` run directories named like Dagster run ids, oldest first."""
+    made = []
+    for k in range(count):
+        path = runs / str(uuid.UUID(int=k + 1))
+        (path / "backup").mkdir(parents=True)
+        (path / "backup" / "copy.db").write_bytes(b"x")
+        os.utime(path, (1_700_000_000 + k * 60, 1_700_000_000 + k * 60))
+        made.append(path)
+    return made
+
+
+def test_old_run_directories_go_beyond_keep_runs_and_nothing_else_is_touched(tmp_path):
+    runs = tmp_path / "runs"
+    old = _run_dirs(runs, 5)
+    current = runs / str(uuid.UUID(int=99))
+    current.mkdir()
+    os.utime(current, (1_600_000_000, 1_600_000_000))  # the oldest of all, and still kept
+    (runs / "notes").mkdir()
+    (runs / "readme.txt").write_text("kept")
+    removed = prune_runs(current, keep=2)
+    assert sorted(removed) == sorted(old[:3])
+    assert sorted(p.name for p in runs.iterdir()) == sorted([old[3].name, old[4].name, current.name, "notes", "readme.txt"])
+
+
+def test_keep_runs_zero_keeps_every_run_directory(tmp_path):
+    old = _run_dirs(tmp_path / "runs", 3)
+    assert prune_runs(tmp_path / "runs" / str(uuid.UUID(int=50)), keep=0) == []
+    assert all(path.exists() for path in old)
+
+
+def test_the_backup_step_prunes_old_runs_before_its_disk_check_and_says_which(snapshot, tmp_path):
+    from servicedesk_etl.pipeline import PipelineSettings, backup_step
+
+    runs = tmp_path / "runs"
+    old = _run_dirs(runs, 3)
+    outcome = backup_step(snapshot, runs / str(uuid.UUID(int=77)), dsn=None, settings=PipelineSettings(keep_runs=1))
+    assert outcome.artifact is not None
+    assert sorted(outcome.metadata["pruned_runs"]) == sorted(str(path) for path in old[:2])
+    assert [path.exists() for path in old] == [False, False, True]
