@@ -280,7 +280,7 @@ def measured_source(path: Path, plan: Plan, loader: Any, cache: Any, preparer: A
     except UnsupportedSchema as reason:
         log.info("scoring %s in SQLite itself: %s", path, reason)
         return None
-    return FrameSource({table: schema[table] for table in tables}, loader, label=f"sqlite:{path}")
+    return FrameSource({table: schema[table] for table in tables}, loader, label=f"sqlite:{path}", file=path)
 
 
 def profile_settings(settings: PipelineSettings) -> Any:

@@ -57,6 +57,7 @@ from servicedesk_etl.sqlite_source import (
     list_tables,
     open_readonly,
     quote_ident,
+    readonly_uri,
     sqlite_affinity,
     table_columns,
 )
@@ -72,6 +73,8 @@ _ROWS_PER_CHUNK = 50_000  # rows turned into Python values at once (memory stays
 _CELLS_PER_LOAD = 2_000_000  # rows x columns asked of the frames at once: memory stays flat
 _COLUMNS_PER_LOAD = 8  # columns one worker reduces per load, so workers share a table
 _WORKERS = 2  # units built and counted at once (SQLite and polars release the GIL)
+_ON_FILE_MIN_ROWS = 20_000  # a shorter column is always copied: its table is cheap
+_ON_FILE_SHARE = 0.5  # distinct values, as a share of rows, from which a column is counted on the file
 _VALUE = "v"
 _OTHER = "w"
 _WEIGHT = "n"
@@ -138,7 +141,7 @@ def frame_source(
 ) -> FrameSource:
     """A source over the frames read from the SQLite file at `path` (its schema is read from the file;
     its label is `SqliteSource`'s, so reports read the same)."""
-    return FrameSource(sqlite_schema(path), frames, label=label or f"sqlite:{path}")
+    return FrameSource(sqlite_schema(path), frames, label=label or f"sqlite:{path}", file=path)
 
 
 @dataclass
@@ -150,6 +153,7 @@ class _Distinct:
     values: int = 0  # rows of `d`
     bytes: int = 0  # size of the in-memory database
     lock: threading.Lock = field(default_factory=threading.Lock)
+    on_file: bool = False  # `d` is a view of the column in the file itself (see `_file_view`)
 
 
 @dataclass(frozen=True)
@@ -188,8 +192,10 @@ class FrameSource:
         frames: Mapping[str, pl.DataFrame] | FrameLoader | None,
         *,
         label: str = "frames",
+        file: Path | str | None = None,
     ) -> None:
         self.label = label
+        self._file = file
         self._schema = {table: tuple(columns) for table, columns in schema.items()}
         self._load: FrameLoader = _unserved
         if frames is not None:
@@ -364,11 +370,13 @@ class FrameSource:
             with self._guard:
                 self._distinct[unit] = distinct
 
-    def _build_unit(self, table: str, frame: pl.DataFrame, columns: list[str]) -> _Distinct:
+    def _build_unit(self, table: str, frame: pl.DataFrame, columns: list[str], on_file: bool = True) -> _Distinct:
         affinities = [self._affinity(table, name) for name in columns]
         if len(columns) == 1:
             fields = _fields(frame.get_column(columns[0]))
             self._fold(table, {columns[0]: fields}, frame.height)
+            if on_file and self._file is not None and _nearly_unique(fields):
+                return _file_view(self._file, table, columns[0], frame.height)
             parts = _single_field_parts(fields)
             if parts is not None:
                 return _load_distinct(parts, affinities, frame.height)
@@ -459,7 +467,16 @@ class FrameSource:
         return OrphanCount(int(checked or 0), int(orphans or 0), tuple(str(k) for (k,) in examples))
 
     def _serialized(self, unit: tuple[str, ...]) -> bytes:
+        """The unit's distinct table as a database image; a view on the file is replaced by a table first."""
         distinct = self._distinct[unit]
+        if distinct.on_file:
+            table, column = unit[1], unit[2]
+            built = self._build_unit(table, self._load(table, [column]), [column], on_file=False)
+            with self._guard:
+                self._distinct[unit] = built
+            with distinct.lock:
+                distinct.conn.close()
+            distinct = built
         with distinct.lock:
             return distinct.conn.serialize()
 
@@ -521,7 +538,7 @@ def frame_preparer(
     except UnsupportedSchema as reason:
         log.info("no frame source for %s: %s", path, reason)
         return None
-    return FramePreparer(FrameSource(schema, None, label=label or f"sqlite:{path}"), budget_bytes, max_rows)
+    return FramePreparer(FrameSource(schema, None, label=label or f"sqlite:{path}", file=path), budget_bytes, max_rows)
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -631,6 +648,25 @@ def _load_distinct(parts: list[_Part], affinities: list[str], rows: int) -> _Dis
     conn.commit()
     (pages,), (page_size,) = conn.execute("PRAGMA page_count").fetchone(), conn.execute("PRAGMA page_size").fetchone()
     return _Distinct(conn, rows, sum(part.values.height for part in parts), pages * page_size)
+
+
+def _nearly_unique(fields: pl.DataFrame) -> bool:
+    """A long column of one value field whose values nearly all differ (ids, timestamps, free text):
+    its distinct table would be about as long as the table, so it is counted on the file instead."""
+    used = _used(fields)
+    if fields.height < _ON_FILE_MIN_ROWS or len(used) != 1 or used == ["b"]:
+        return False
+    return fields.get_column(used[0]).approx_n_unique() >= _ON_FILE_SHARE * fields.height
+
+
+def _file_view(file: Path | str, table: str, column: str, rows: int) -> _Distinct:
+    """`d(v, n)` as a view of the column in the file itself, every row once: the measures' SQL then
+    runs exactly as `SqliteSource` runs it, without copying the values into a table first."""
+    conn = sqlite3.connect(readonly_uri(file), uri=True, check_same_thread=False)
+    conn.execute(
+        f"CREATE TEMP VIEW d AS SELECT {quote_ident(column)} AS {_VALUE}, 1 AS {_WEIGHT} FROM main.{quote_ident(table)}"
+    )
+    return _Distinct(conn, rows, rows, 0, on_file=True)
 
 
 def _insert_rows(conn: sqlite3.Connection, row_holes: str, width: int, flat: list[Any]) -> None:

@@ -153,6 +153,16 @@ def assert_answers_like_sqlite(path: Path) -> None:
         assert comparable(evaluate_rules(frames, plan, packs, now=NOW).to_dict()) == comparable(rules.to_dict())
 
 
+@pytest.fixture(params=["copied", "on_file"])
+def counting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every equality test twice: columns copied into distinct tables, and every one-field column,
+    however short, counted on the file itself (as long, nearly unique columns are)."""
+    if request.param == "on_file":
+        monkeypatch.setattr(frame_source_module, "_ON_FILE_MIN_ROWS", 0)
+        monkeypatch.setattr(frame_source_module, "_ON_FILE_SHARE", 0.0)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("demo") / "demo.sqlite"
@@ -160,12 +170,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_demo_snapshot_answers_equal_sqlite_source(demo: Path) -> None:
+def test_demo_snapshot_answers_equal_sqlite_source(demo: Path, counting: str) -> None:
     assert_answers_like_sqlite(demo)
 
 
 @pytest.mark.parametrize("name", CORPUS_FILES)
-def test_corpus_file_answers_equal_sqlite_source(name: str, corpus_copy: Any) -> None:
+def test_corpus_file_answers_equal_sqlite_source(name: str, corpus_copy: Any, counting: str) -> None:
     assert_answers_like_sqlite(corpus_copy(name))
 
 
@@ -256,7 +266,7 @@ def awkward(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("make", SOURCES.values(), ids=SOURCES.keys())
-def test_awkward_values_are_counted_as_sqlite_counts_them(awkward: Path, make: Any) -> None:
+def test_awkward_values_are_counted_as_sqlite_counts_them(awkward: Path, make: Any, counting: str) -> None:
     sqlite, frames = sqlite_source(awkward), make(awkward)
     names = [name.strip('"') for name in awkward_names()]
     for index, column in enumerate(names):
@@ -278,7 +288,7 @@ def test_awkward_values_include_what_they_claim(awkward: Path) -> None:
 
 
 @pytest.mark.parametrize("make", SOURCES.values(), ids=SOURCES.keys())
-def test_duplicate_rows_compare_as_sqlite_distinct(awkward: Path, make: Any) -> None:
+def test_duplicate_rows_compare_as_sqlite_distinct(awkward: Path, make: Any, counting: str) -> None:
     frames = make(awkward)
     assert frames.duplicate_rows("dups") == sqlite_source(awkward).duplicate_rows("dups")
     # 1 = 1.0, -0.0 = 0, the blob repeated, the NULL row repeated; '1' <> 1, 2**53 + 1 <> 2.0**53, b'x' <> 'x'
@@ -290,7 +300,7 @@ def test_duplicate_rows_compare_as_sqlite_distinct(awkward: Path, make: Any) -> 
 
 @pytest.mark.parametrize("make", SOURCES.values(), ids=SOURCES.keys())
 @pytest.mark.parametrize("ignore", [(), ("0",), ("3", "x")])
-def test_orphans_compare_keys_as_sqlite_does(awkward: Path, ignore: tuple[str, ...], make: Any) -> None:
+def test_orphans_compare_keys_as_sqlite_does(awkward: Path, ignore: tuple[str, ...], make: Any, counting: str) -> None:
     frames, sqlite = make(awkward), sqlite_source(awkward)
     for child, parent in [("ref", "id"), ("id", "ref"), ("c 0 ", "c 2 INTEGER"), ("c 3 REAL", "c 1 TEXT")]:
         link = Link("awkward table", child, "awkward table", parent, ignore)
