@@ -34,7 +34,7 @@ from servicedesk_etl.dsn import scrub
 from servicedesk_etl.errors import InputError
 from servicedesk_etl.pg import connect, drop_schema
 from servicedesk_etl.profiling.plan import TARGET_TYPES, ColumnPlan, Plan, TablePlan
-from servicedesk_etl.sqlite_source import list_tables, open_readonly, quote_ident, row_batches
+from servicedesk_etl.sqlite_source import database_file, list_tables, open_readonly, quote_ident, row_batches
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _chosen_rowids(
 
 def _database_file(conn: sqlite3.Connection) -> tuple[str, int, int, int, bytes] | None:
     """(path, inode, size, mtime, header change counter) of the main database file; None in memory or WAL mode."""
-    path = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    path = database_file(conn)
     if not path or Path(f"{path}-wal").exists():
         return None
     try:
@@ -546,9 +546,9 @@ def copy_rows(
         sql.Identifier(table.pg_name),
         sql.SQL(", ").join(sql.Identifier(column.pg_name) for column in order),
     )
-    file = _database_file(source)
+    file = database_file(source)
     batches = (
-        row_batches(file[0], query, params, chunk_rows, functions={CANARY_FUNCTION: canary_bucket})
+        row_batches(file, query, params, chunk_rows, functions={CANARY_FUNCTION: canary_bucket})
         if file is not None
         else _fetched(source, query, params, chunk_rows)
     )

@@ -62,6 +62,14 @@ def open_readonly(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
+def database_file(conn: sqlite3.Connection) -> str | None:
+    """The file of the connection's main database, or None when it has none (in memory, temporary)."""
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return file or None
+    return None
+
+
 def row_batches(
     path: Path | str,
     query: str,

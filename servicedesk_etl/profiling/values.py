@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from servicedesk_etl.sqlite_source import quote_ident, readonly_uri, row_batches, table_columns
+from servicedesk_etl.sqlite_source import database_file, quote_ident, readonly_uri, row_batches, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _read_plain(
     Otherwise text and blobs both arrive as bytes: a cheap probe tells which byte columns hold blobs,
     and only a column mixing blobs with text is read again, split by storage class in SQL.
     """
-    database = _database_file(conn)
+    database = database_file(conn)
     if database is not None and not conn.in_transaction and _utf8_encoded(conn):
         query = _select(table, [_tagged(quote_ident(name)) for name in names], rowid_sql, where)
         batches: Iterator[list[tuple[object, ...]]] = (
@@ -336,21 +336,13 @@ def _blob_probe(
     tests = " OR ".join(f"{quote_ident(name)} >= x''" for name in names)
     condition = f"{where} AND ({tests})" if where else f" WHERE {tests}"
     query = f"SELECT EXISTS (SELECT 1 FROM {quote_ident(table)}{condition})"
-    database = _database_file(conn)
+    database = database_file(conn)
     if database is None or conn.in_transaction:
         return lambda: bool(conn.execute(query, params).fetchone()[0])
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-probe")
     answer = pool.submit(_ask_file, database, query, params)
     pool.shutdown(wait=False)
     return lambda: bool(answer.result())
-
-
-def _database_file(conn: sqlite3.Connection) -> str | None:
-    """The file of the connection's main database, or None when it has none (in memory, temporary)."""
-    for _, name, file in conn.execute("PRAGMA database_list"):
-        if name == "main":
-            return file or None
-    return None
 
 
 def _ask_file(database: str, query: str, params: tuple[int, ...]) -> object:
