@@ -202,20 +202,21 @@ def sampled_rowids(
 def _chosen_rowids(
     conn: sqlite3.Connection, table: str, rowid: str, identity: Sequence[str], seed: int, threshold: int
 ) -> list[int]:
-    """The rowids, in order, whose key bucket is below `threshold`: for a key of one column, the rows
-    holding an integer are chosen in SQL and only the others hashed here; any other key, row by row."""
+    """The rowids, in order, whose key bucket is below `threshold`, in one scan: for a key of one
+    column, rows holding an integer are chosen in SQL and only the others hashed here; any other key,
+    row by row."""
     key = ", ".join(quote_ident(name) for name in identity)
     source = quote_ident(table)
     if len(identity) != 1:
         rows = conn.execute(f"SELECT {rowid}, {key} FROM {source} ORDER BY {rowid}")
         return [row[0] for row in rows if canary_bucket(seed, *row[1:]) < threshold]
-    in_sql = conn.execute(
-        f"SELECT {rowid} FROM {source} WHERE typeof({key}) = 'integer' AND {_integer_bucket_sql(key)} < ?",
+    integer = f"typeof({key}) = 'integer'"
+    rows = conn.execute(
+        f"SELECT {rowid}, {integer}, {key} FROM {source}"
+        f" WHERE NOT {integer} OR {_integer_bucket_sql(key)} < ? ORDER BY {rowid}",
         (_bucket_seed(seed), threshold),
     )
-    others = conn.execute(f"SELECT {rowid}, {key} FROM {source} WHERE typeof({key}) <> 'integer'")
-    chosen = [value for (value,) in in_sql] + [value for value, each in others if canary_bucket(seed, each) < threshold]
-    return sorted(chosen)
+    return [value for value, chosen, each in rows if chosen or canary_bucket(seed, each) < threshold]
 
 
 def _database_file(conn: sqlite3.Connection) -> tuple[str, int, int, int, bytes] | None:
