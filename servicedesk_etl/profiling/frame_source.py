@@ -467,16 +467,16 @@ class FrameSource:
         return OrphanCount(int(checked or 0), int(orphans or 0), tuple(str(k) for (k,) in examples))
 
     def _serialized(self, unit: tuple[str, ...]) -> bytes:
-        """The unit's distinct table as a database image; a view on the file is replaced by a table first."""
+        """The unit's distinct table as a database image. A view on the file has no table to image: one
+        is built from the frames for the image alone (the view keeps answering measures)."""
         distinct = self._distinct[unit]
         if distinct.on_file:
             table, column = unit[1], unit[2]
-            built = self._build_unit(table, self._load(table, [column]), [column], on_file=False)
-            with self._guard:
-                self._distinct[unit] = built
-            with distinct.lock:
+            distinct = self._build_unit(table, self._load(table, [column]), [column], on_file=False)
+            try:
+                return distinct.conn.serialize()
+            finally:
                 distinct.conn.close()
-            distinct = built
         with distinct.lock:
             return distinct.conn.serialize()
 
