@@ -149,13 +149,16 @@ def profile_connection(
     plans: list[TablePlan] = []
     pending: Future[TablePlan] | None = None
 
+    def decided(plan: TablePlan) -> None:
+        plans.append(plan)
+        if progress is not None:
+            progress(plan.name, plan.row_count, plan.row_count)
+
     def finish_pending() -> None:
         nonlocal pending
         if pending is not None:
-            decided, pending = pending, None
-            plans.append(decided.result())
-            if progress is not None:
-                progress(plans[-1].name, plans[-1].row_count, plans[-1].row_count)
+            future, pending = pending, None
+            decided(future.result())
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide")
     try:
@@ -163,9 +166,7 @@ def profile_connection(
             layout = _layout(conn, mapping.original, settings)
             if not layout.whole:
                 finish_pending()
-                plans.append(_profile_in_parts(conn, mapping.original, mapping.pg_name, layout, settings, on_table))
-                if progress is not None:
-                    progress(mapping.original, plans[-1].row_count, plans[-1].row_count)
+                decided(_profile_in_parts(conn, mapping.original, mapping.pg_name, layout, settings, on_table))
                 continue
             whole = _read_whole(conn, mapping.original, on_table)
             finish_pending()
