@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from servicedesk_etl.gates import GateResult
 from servicedesk_etl.jsonable import jsonable
 from servicedesk_etl.pg import drop_schema, schema_exists
-from servicedesk_etl.profiling.plan import Plan
+from servicedesk_etl.profiling.plan import Plan, TablePlan
 from servicedesk_etl.raw_cache import FrameHandoff
 from servicedesk_etl.settings import LIVE_SCHEMA
 
@@ -208,6 +209,8 @@ def profile_step(
     run_dir.mkdir(parents=True, exist_ok=True)
     handoff = FrameHandoff(run_dir / RAW_CACHE_DIR, keep_bytes=frames_memory_budget())
     preparer = frame_preparer(source)
+    questions = GateQuestions(rule_packs(settings), rule_mapping(settings))
+    chosen = profile_settings(settings)
 
     def on_table(table: str, frame: Any) -> None:
         handoff.add(table, frame)
@@ -215,7 +218,8 @@ def profile_step(
             preparer.add(table, frame)
 
     try:
-        plan = profile_database(source, profile_settings(settings), progress, on_table=on_table)
+        on_plan = questions.asked_ahead(preparer, chosen) if preparer is not None else None
+        plan = profile_database(source, chosen, progress, on_table=on_table, on_plan=on_plan)
         cache = handoff.commit(plan.source_sha256, source.stat().st_size)
     except BaseException:
         handoff.discard()
@@ -224,9 +228,15 @@ def profile_step(
         raise
     plan_path = plan.write(run_dir / "plan.json")
     measured = measured_source(source, plan, handoff.loader(cache), cache, preparer)
+
+    def counted() -> Any:
+        """The frames' source (one for every thread), else the file's (one per thread, sharing counts)."""
+        return measured if measured is not None else sqlite_source(source)
+
+    questions.ask(counted, plan)
     score, rules, dry_run_result = concurrently(
-        lambda: score_quality(measured or sqlite_source(source), plan),
-        lambda: evaluate_rules(measured or sqlite_source(source), plan, rule_packs(settings), rule_mapping(settings)),
+        lambda: score_quality(counted(), plan),
+        lambda: evaluate_rules(counted(), plan, questions.packs, questions.mapping, now=questions.now),
         lambda: dry_run_gate(source, plan, dsn) if settings.run_dry_run and dsn is not None else None,
     )
     handoff.release()
@@ -249,6 +259,69 @@ def profile_step(
         "rules_score": rules.score,
     }
     return StepOutcome(artifact, tuple(gates), metadata, elapsed_since(start))
+
+
+class GateQuestions:
+    """What the scorer and the rule engine ask a table source, gathered so that each table's counts
+    are asked once (`ask`), or counted ahead as each table's plan is decided (`asked_ahead`).
+
+    The counts are kept by the source, per measure: `score_quality` and `evaluate_rules` then find
+    them counted. The rules are judged at `now`, fixed here, so the measures asked ahead are the ones
+    they ask."""
+
+    def __init__(self, packs: Sequence[Path] | None, mapping: Path | None, now: datetime | None = None) -> None:
+        self.packs = None if packs is None else list(packs)
+        self.mapping = mapping
+        self.now = now or datetime.now(UTC).replace(tzinfo=None)
+
+    def of(self, source: Any, plan: Plan) -> dict[str, list[Any]]:
+        """Every measure both ask of each table (physical name), in the order they ask them."""
+        from servicedesk_etl.profiling.rules import rule_measures
+        from servicedesk_etl.profiling.score import score_measures
+
+        asked: dict[str, list[Any]] = {}
+        for wanted in (score_measures(source, plan), rule_measures(source, plan, self.packs, self.mapping, now=self.now)):
+            for table, measures in wanted.items():
+                asked.setdefault(table, []).extend(measures)
+        return {table: list(dict.fromkeys(measures)) for table, measures in asked.items()}
+
+    def ask(self, source_for: Callable[[], Any], plan: Plan) -> None:
+        """Each table's measures asked in one call, two tables at a time, each of `source_for()`."""
+        from servicedesk_etl.profiling.sources import DEFAULT_NULL_MARKERS
+
+        markers = tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS))
+
+        def count(table: str, measures: list[Any]) -> None:
+            source = source_for()
+            with source.connected():
+                source.measure(table, measures, markers)
+
+        probe = source_for()
+        with probe.connected():
+            wanted = self.of(probe, plan)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="questions") as pool:
+            for future in [pool.submit(count, table, measures) for table, measures in wanted.items()]:
+                future.result()
+
+    def asked_ahead(self, preparer: Any, settings: Any) -> Callable[[TablePlan], None]:
+        """A profiler `on_plan` hook: as each table's plan is decided, the measures whose distinct
+        tables `preparer` has built are counted on its thread (`FramePreparer.count_ahead`) while the
+        profiler reads on. Tables not decided yet stand in the plan without columns."""
+        import dataclasses
+
+        source = preparer.source
+        plan_settings = {key: list(value) if isinstance(value, tuple) else value
+                         for key, value in dataclasses.asdict(settings).items()}  # fmt: skip
+        decided: dict[str, TablePlan] = {}
+
+        def on_plan(table: TablePlan) -> None:
+            decided[table.name] = table
+            known = [decided.get(name) or TablePlan(name, name, 0, ()) for name in source.tables()]
+            partial = Plan("", "", "", tuple(known), plan_settings)
+            preparer.count_ahead(table.name, lambda: self.of(source, partial).get(table.name, []),
+                                 tuple(settings.null_markers))  # fmt: skip
+
+        return on_plan
 
 
 def frames_memory_budget() -> int:

@@ -237,6 +237,18 @@ class FrameSource:
                         self._building.pop(unit).set()
         return built
 
+    def count_prepared(
+        self, table: str, measures: Iterable[Measure], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
+    ) -> int:
+        """Count now the measures whose distinct tables are built (by `prepare`), so that `measure`
+        later finds them counted; the others are left until asked. Returns how many were counted."""
+        with self._guard:
+            built = {unit for unit in self._distinct if unit[1] == table}
+        ready = [measure for measure in measures if measure.kind != m.ROWS and _unit(table, measure) in built]
+        if ready:
+            self.measure(table, ready, null_markers)
+        return len(ready)
+
     @contextmanager
     def connected(self) -> Iterator[FrameSource]:
         """Nothing to open: distinct tables live as long as the source (or until `close`)."""
@@ -483,8 +495,10 @@ class FrameSource:
 
 class FramePreparer:
     """Prepares a `FrameSource` from each table's frame on a background thread while the profiler
-    decides that table and reads the next (`add` is a profiler `on_table` hook). `finish` waits and
-    hands the source over; only the plan-dependent counting is then left.
+    decides that table and reads the next (`add` is a profiler `on_table` hook). Once a table's plan
+    is decided, `count_ahead` counts on that same thread what the plan's gates will ask of it, while
+    the profiler reads on. `finish` waits and hands the source over; only what was not prepared or
+    counted ahead is then left.
 
     Memory stays bounded: one frame at a time is prepared (`add` first waits for the previous one,
     so no frame is held longer than the profiler holds it); a frame of more than `max_rows` rows is
@@ -500,16 +514,33 @@ class FramePreparer:
         self._built = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-prepare")
         self._pending: Future[int] | None = None
+        self._counting: list[Future[int]] = []
 
     def add(self, table: str, frame: pl.DataFrame) -> None:
         self._wait()
         if self._built < self._budget and frame.height <= self._max_rows:
             self._pending = self._pool.submit(self._source.prepare, table, frame)
 
+    @property
+    def source(self) -> FrameSource:
+        """The source being prepared (to read its schema; count through `count_ahead`)."""
+        return self._source
+
+    def count_ahead(
+        self, table: str, measures: Callable[[], Iterable[Measure]], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
+    ) -> None:
+        """Count `measures()` of `table` (`FrameSource.count_prepared`) after what was added before,
+        on the preparing thread: call it once the table was added (`add`), from any thread."""
+        self._counting.append(
+            self._pool.submit(lambda: self._source.count_prepared(table, measures(), null_markers))
+        )
+
     def finish(self, frames: Mapping[str, pl.DataFrame] | FrameLoader) -> FrameSource:
         """The prepared source, answering from `frames` for anything not prepared."""
         try:
             self._wait()
+            for counting in self._counting:
+                counting.result()
         finally:
             self._pool.shutdown(wait=True)
         self._source.serve(frames)

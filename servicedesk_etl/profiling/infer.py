@@ -99,6 +99,7 @@ class ProfileSettings:
 
 
 TableFrameHook = Callable[[str, pl.DataFrame], None]
+TablePlanHook = Callable[[TablePlan], None]
 
 
 def profile_database(
@@ -106,6 +107,7 @@ def profile_database(
     settings: ProfileSettings = ProfileSettings(),
     progress: Callable[[str, int, int], None] | None = None,
     on_table: TableFrameHook | None = None,
+    on_plan: TablePlanHook | None = None,
 ) -> Plan:
     """The plan for the SQLite file at `path`, opened read-only.
 
@@ -114,6 +116,8 @@ def profile_database(
     need not read them again): once with the whole raw frame exactly as `values.read_rows(conn, table)`
     returns it, or, for a table of more than `CELLS_PER_READ` cells, once per group of a few columns,
     each time with every row (`read_rows(conn, table, group)`); each column comes exactly once.
+    `on_plan(table_plan)` is called as soon as a table's plan is decided, on the thread that decided
+    it, while the profiler goes on with the next table.
     """
     conn = open_readonly(path)
     # The checksum is computed on a thread while the tables are profiled (hashing releases the GIL).
@@ -121,7 +125,7 @@ def profile_database(
     checksum = pool.submit(file_sha256, path)
     pool.shutdown(wait=False)
     try:
-        plan = profile_connection(conn, str(path), "", settings, progress, on_table)
+        plan = profile_connection(conn, str(path), "", settings, progress, on_table, on_plan)
     finally:
         conn.close()
     return dataclasses.replace(plan, source_sha256=checksum.result())
@@ -134,8 +138,9 @@ def profile_connection(
     settings: ProfileSettings = ProfileSettings(),
     progress: Callable[[str, int, int], None] | None = None,
     on_table: TableFrameHook | None = None,
+    on_plan: TablePlanHook | None = None,
 ) -> Plan:
-    """The plan for every user table of an open (read-only) connection (`on_table` as in `profile_database`).
+    """The plan for every user table of an open (read-only) connection (hooks as in `profile_database`).
 
     A table read whole is decided on a worker thread while this one reads the next table: reading is
     Python work, deciding mostly polars work that runs without the GIL. At most two whole tables are
@@ -160,17 +165,26 @@ def profile_connection(
             future, pending = pending, None
             decided(future.result())
 
+    def announced(plan: TablePlan) -> TablePlan:
+        if on_plan is not None:
+            on_plan(plan)
+        return plan
+
+    def decide_whole(table: str, pg_name: str, layout: _Layout, whole: pl.DataFrame) -> TablePlan:
+        return announced(_decide_whole(table, pg_name, layout, whole, settings))
+
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide")
     try:
         for mapping in table_names:
             layout = _layout(conn, mapping.original, settings)
             if not layout.whole:
                 finish_pending()
-                decided(_profile_in_parts(conn, mapping.original, mapping.pg_name, layout, settings, on_table))
+                parts = _profile_in_parts(conn, mapping.original, mapping.pg_name, layout, settings, on_table)
+                decided(announced(parts))
                 continue
             whole = _read_whole(conn, mapping.original, on_table)
             finish_pending()
-            pending = pool.submit(_decide_whole, mapping.original, mapping.pg_name, layout, whole, settings)
+            pending = pool.submit(decide_whole, mapping.original, mapping.pg_name, layout, whole)
             del whole
         finish_pending()
     finally:

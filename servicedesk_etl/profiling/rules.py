@@ -855,29 +855,55 @@ def evaluate_rules(
 
     `mapping` is a user mapping file whose names are tried before the packs' own.
     """
-    loaded = [load_pack(path) for path in (shipped_pack_paths() if packs is None else packs)]
-    user_mapping = load_mapping(mapping) if mapping is not None else NameMapping()
     now = now or datetime.now(UTC).replace(tzinfo=None)
     markers = tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS))
     measured = _Measured(source, markers)
-    applications: list[PackApplication] = []
-    evaluations: list[tuple[RulePack, _Context, dict[str, _Targets]]] = []
     with source.connected():
-        for pack in loaded:
-            catalog = Catalog(source, plan, user_mapping.merged_over(pack.mapping))
-            application = _application(pack, catalog)
-            applications.append(application)
-            if application.applied:
-                ctx = _Context(catalog, now, measured)
-                evaluations.append((pack, ctx, {rule.id: _targets(rule, catalog) for rule in pack.rules}))
-            else:
-                log.info("rules pack %s not applied: %s", pack.name, application.reason)
-        _measure_all(evaluations, measured)
+        applications, evaluations = _evaluations(source, plan, packs, mapping, lambda c: _Context(c, now, measured))
+        for table, measures in _wanted(evaluations).items():
+            counts = source.measure(table, measures, markers)
+            measured.counts.update({(table, measure): value for measure, value in counts.items()})
         results = [
             _judge(pack, rule, targets[rule.id], ctx) for pack, ctx, targets in evaluations for rule in pack.rules
         ]
     categories = _category_scores([pack for pack, _, _ in evaluations], results)
+    for application in applications:
+        if not application.applied:
+            log.info("rules pack %s not applied: %s", application.name, application.reason)
     return RuleReport(tuple(results), _overall(categories), categories, tuple(applications))
+
+
+def rule_measures(
+    source: TableSource, plan: Plan, packs: Sequence[Path] | None = None, mapping: Path | None = None, *, now: datetime
+) -> dict[str, list[Measure]]:
+    """What `evaluate_rules` with the same arguments asks `source.measure`, table by table (no counting)."""
+    measured = _Measured(source, tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS)))
+    _, evaluations = _evaluations(source, plan, packs, mapping, lambda c: _Context(c, now, measured))
+    return _wanted(evaluations)
+
+
+_Evaluation = tuple[RulePack, "_Context", dict[str, "_Targets"]]
+
+
+def _evaluations(
+    source: TableSource,
+    plan: Plan,
+    packs: Sequence[Path] | None,
+    mapping: Path | None,
+    context: Callable[[Catalog], _Context],
+) -> tuple[list[PackApplication], list[_Evaluation]]:
+    """Each pack's application and, for the applied ones, its context and every rule's targets."""
+    loaded = [load_pack(path) for path in (shipped_pack_paths() if packs is None else packs)]
+    user_mapping = load_mapping(mapping) if mapping is not None else NameMapping()
+    applications: list[PackApplication] = []
+    evaluations: list[_Evaluation] = []
+    for pack in loaded:
+        catalog = Catalog(source, plan, user_mapping.merged_over(pack.mapping))
+        application = _application(pack, catalog)
+        applications.append(application)
+        if application.applied:
+            evaluations.append((pack, context(catalog), {rule.id: _targets(rule, catalog) for rule in pack.rules}))
+    return applications, evaluations
 
 
 def _application(pack: RulePack, catalog: Catalog) -> PackApplication:
@@ -894,17 +920,15 @@ def _application(pack: RulePack, catalog: Catalog) -> PackApplication:
     )
 
 
-def _measure_all(evaluations: Sequence[tuple[RulePack, _Context, dict[str, _Targets]]], measured: _Measured) -> None:
-    """Every measure every rule of every pack needs, asked of the source in one query per table."""
+def _wanted(evaluations: Sequence[_Evaluation]) -> dict[str, list[Measure]]:
+    """Every measure every rule of every pack needs, by table: asked of the source in one query per table."""
     wanted: dict[str, list[Measure]] = defaultdict(list)
     for pack, ctx, targets in evaluations:
         for rule in pack.rules:
             if _evaluable(rule, targets[rule.id]):
                 for table, measure in CHECKS[rule.check].measures(rule, targets[rule.id], ctx):
                     wanted[table].append(measure)
-    for table, measures in wanted.items():
-        counts = measured.source.measure(table, measures, measured.markers)
-        measured.counts.update({(table, measure): value for measure, value in counts.items()})
+    return dict(wanted)
 
 
 def _evaluable(rule: RuleSpec, targets: _Targets) -> bool:

@@ -200,6 +200,12 @@ def _measure_tables(catalog: Catalog, markers: tuple[str, ...]) -> dict[str, dic
     }
 
 
+def score_measures(source: TableSource, plan: Plan) -> dict[str, list[Measure]]:
+    """What `score_quality(source, plan)` asks `source.measure`, table by table (no counting)."""
+    catalog = Catalog(source, plan)
+    return {catalog.physical[name]: _wanted(catalog, name) for name in catalog.tables}
+
+
 def _is_numeric_id(ref: ColumnRef) -> bool:
     return is_id_like(ref.column.name) and ref.column.target_type in NUMBER_TYPES
 

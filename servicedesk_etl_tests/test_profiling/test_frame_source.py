@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from servicedesk_etl.demo_data import generate_demo_snapshot
-from servicedesk_etl.pipeline import PipelineSettings, rule_packs
+from servicedesk_etl.pipeline import GateQuestions, PipelineSettings, rule_packs
 from servicedesk_etl.profiling import frame_source as frame_source_module
 from servicedesk_etl.profiling import sources as m
 from servicedesk_etl.profiling.frame_source import (
@@ -26,7 +26,7 @@ from servicedesk_etl.profiling.frame_source import (
     frame_source,
     sqlite_schema,
 )
-from servicedesk_etl.profiling.infer import profile_database
+from servicedesk_etl.profiling.infer import ProfileSettings, profile_database
 from servicedesk_etl.profiling.rules import evaluate_rules
 from servicedesk_etl.profiling.score import score_quality
 from servicedesk_etl.profiling.sources import DEFAULT_NULL_MARKERS, Link, Measure, OrphanCount, sqlite_source
@@ -108,11 +108,28 @@ def prepared_in_groups_source(path: Path) -> FrameSource:
     return preparer.finish(frames)
 
 
+def counted_ahead_source(path: Path) -> FrameSource:
+    """A source prepared as the profile step prepares it: each table's gate questions counted as soon
+    as its plan is decided, while the next table is read."""
+    frames = raw_frames(path)
+    preparer = frame_preparer(path)
+    assert preparer is not None
+    settings = ProfileSettings()
+    on_plan = GateQuestions(rule_packs(PipelineSettings()), None, now=NOW).asked_ahead(preparer, settings)
+    profile_database(path, settings, on_table=preparer.add, on_plan=on_plan)
+    return preparer.finish(frames)
+
+
 def loaded_source(path: Path) -> FrameSource:
     return frame_source(path, raw_frames(path))
 
 
-SOURCES = {"loaded": loaded_source, "prepared": prepared_source, "prepared_in_groups": prepared_in_groups_source}
+SOURCES = {
+    "loaded": loaded_source,
+    "prepared": prepared_source,
+    "prepared_in_groups": prepared_in_groups_source,
+    "counted_ahead": counted_ahead_source,
+}
 
 
 def replay(source: FrameSource, calls: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
@@ -390,6 +407,73 @@ def test_a_preparer_stops_at_its_limits_and_the_rest_is_built_when_measured(demo
     widths = {table: len(columns) for table, columns in sqlite_schema(demo).items()}
     first_prepared = all(len(columns) in (2, widths[first]) for table, columns in asked if table == first)
     assert first_prepared == ("budget_bytes" in limits)  # a budget is spent by the first frame; no frame fits 0 rows
+
+
+def spy_on_counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables of distinct values counted from now on (a call of the real counting function each)."""
+    counted: list[str] = []
+    count = frame_source_module._count_distinct
+
+    def counting(conn: sqlite3.Connection, measures: list[Measure], *args: Any) -> dict[Measure, int]:
+        counted.append(str(measures[0].column))
+        return count(conn, measures, *args)
+
+    monkeypatch.setattr(frame_source_module, "_count_distinct", counting)
+    return counted
+
+
+def test_gate_questions_are_what_the_scorer_and_the_rules_ask(demo: Path) -> None:
+    plan = profile_database(demo)
+    recorder = RecordingSource(demo)
+    score_quality(recorder, plan)
+    evaluate_rules(recorder, plan, rule_packs(PipelineSettings()), now=NOW)
+    asked: dict[str, set[Measure]] = {}
+    for kind, question, _ in recorder.calls:
+        if kind == "measure":
+            table, measures, _markers = question
+            asked.setdefault(table, set()).update(measures)
+    questions = GateQuestions(rule_packs(PipelineSettings()), None, now=NOW).of(sqlite_source(demo), plan)
+    assert {table: set(measures) for table, measures in questions.items()} == asked
+    assert all(len(measures) == len(set(measures)) for measures in questions.values())  # each asked once
+
+
+def test_counting_ahead_leaves_the_scorer_and_the_rules_only_what_spans_columns(
+    demo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = spy_on_counting(monkeypatch)
+    source = counted_ahead_source(demo)
+    assert counted, "nothing was counted ahead"
+    plan = profile_database(demo)
+    counted.clear()
+    score = score_quality(source, plan)
+    rules = evaluate_rules(source, plan, rule_packs(PipelineSettings()), now=NOW)
+    pairs = {m.COMPARABLE, m.ORDERED, m.MISSING_WHEN}
+    spanning = {
+        str(measure.column)
+        for measures in GateQuestions(rule_packs(PipelineSettings()), None, now=NOW).of(source, plan).values()
+        for measure in measures
+        if measure.kind in pairs
+    }
+    assert set(counted) <= spanning  # only a pair of columns waits for its frames
+    assert comparable(score.to_dict()) == comparable(score_quality(sqlite_source(demo), plan).to_dict())
+    assert comparable(rules.to_dict()) == comparable(
+        evaluate_rules(sqlite_source(demo), plan, rule_packs(PipelineSettings()), now=NOW).to_dict()
+    )
+
+
+def test_gate_questions_asked_once_leave_a_file_nothing_to_scan(tmp_path: Path, demo: Path) -> None:
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(demo.read_bytes())  # counts are shared per file version: a fresh file, none known
+    plan = profile_database(copy)
+    questions = GateQuestions(rule_packs(PipelineSettings()), None, now=NOW)
+    questions.ask(lambda: sqlite_source(copy), plan)
+    recorder = RecordingSource(copy)
+    scans: list[str] = []
+    scan = recorder.inner._measure_uncached
+    recorder.inner._measure_uncached = lambda table, *args: scans.append(table) or scan(table, *args)  # type: ignore[method-assign]
+    score_quality(recorder, plan)
+    evaluate_rules(recorder, plan, questions.packs, now=NOW)
+    assert [call for call in recorder.calls if call[0] == "measure"] and scans == []
 
 
 def test_a_source_asked_before_it_is_served_says_so(demo: Path) -> None:

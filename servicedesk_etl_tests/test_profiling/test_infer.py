@@ -399,6 +399,37 @@ def test_a_sampled_table_is_not_handed_over(tmp_path):
     assert plan.table("t").sampled and handed == []
 
 
+@pytest.mark.parametrize("layout", ["whole", "in_parts", "sampled"])
+def test_each_table_plan_is_announced_once_as_soon_as_it_is_decided(tmp_path, monkeypatch, layout):
+    from servicedesk_etl.profiling import infer
+
+    path = tmp_path / "three.db"
+    conn = sqlite3.connect(path)
+    for table in ("a", "b", "c"):
+        conn.execute(f'CREATE TABLE {table} ("{table} id" INTEGER, created TEXT, note TEXT)')
+        conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?)", [(n, f"2025-05-{n % 28 + 1:02d}", f"n{n}") for n in range(200)])
+    conn.commit()
+    conn.close()
+    settings = ProfileSettings(sample_above_rows=100, sample_rows=50) if layout == "sampled" else ProfileSettings()
+    if layout == "in_parts":
+        monkeypatch.setattr(infer, "CELLS_PER_READ", 300)
+    events: list[tuple[str, str]] = []
+    plan = profile_database(
+        path,
+        settings,
+        on_table=lambda table, raw: events.append(("read", table)),
+        on_plan=lambda table: events.append(("decided", table)),  # type: ignore[arg-type]
+    )
+    announced = [table for kind, table in events if kind == "decided"]
+    assert announced == list(plan.tables)  # the very plans the profile ends with, in its order
+    names = [(kind, table if kind == "read" else table.name) for kind, table in events]
+    for table in ("a", "b", "c"):
+        *reads, last = [event for event in names if event[1] == table]
+        assert last == ("decided", table)  # once, after every read of the table
+        assert set(reads) <= {("read", table)}
+        assert len(reads) == {"whole": 1, "in_parts": 3, "sampled": 0}[layout]  # a sampled table is not handed over
+
+
 def test_columns_planned_together_get_the_plans_they_get_alone(tmp_path):
     from servicedesk_etl.profiling.infer import plan_column, plan_columns
     from servicedesk_etl.sqlite_source import table_columns
