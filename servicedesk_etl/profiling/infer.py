@@ -1044,9 +1044,11 @@ def _key_columns(
             return None
         others = [column.name for column in columns if column.name != name]
         repeated = repeated_rows(name, others[:1])
+        if others and _differs_within_first_repeat(repeated, name, others[0]):
+            return None  # the usual answer, from the cheapest read and a few rows of it
         keys = repeated[name].n_unique()
         if others and repeated.select(name, others[0]).n_unique() != keys:
-            return None  # the usual answer, from the cheapest read
+            return None
         width = max(1, columns_per_read)
         for start in range(1, len(others), width):
             batch = others[start : start + width]
@@ -1067,6 +1069,16 @@ def _key_columns(
         if duplicates is not None:
             return (name,), f"key column: unique once {duplicates} exact duplicate row(s) are removed"
     return (), ""
+
+
+def _differs_within_first_repeat(repeated: pl.DataFrame, key: str, other: str) -> bool:
+    """Whether the rows sharing the first repeated `key` value disagree on `other` (they usually do
+    when `key` is no key): a test on a handful of rows before any on all of them."""
+    if repeated.height == 0:
+        return False
+    first = repeated.select(pl.col(key).struct.unnest())[:1]
+    same_key = [pl.col(key).struct.field(field).eq_missing(first[field][0]) for field in first.columns]
+    return repeated.filter(pl.all_horizontal(same_key)).select(other).n_unique() > 1
 
 
 # --- sampled tables -----------------------------------------------------------------------------

@@ -399,6 +399,29 @@ def test_a_sampled_table_is_not_handed_over(tmp_path):
     assert plan.table("t").sampled and handed == []
 
 
+@pytest.mark.parametrize(
+    ("rows", "key"),
+    [
+        ([(1, "a", "x"), (1, "a", "x"), (2, "b", "y"), (3, "c", "z")], ("Ticket ID",)),  # exact duplicates only
+        ([(1, "a", "x"), (1, "a", "x"), (2, "b", "y"), (2, "b", "other")], ()),  # a later repeat differs, last column
+        ([(1, "a", "x"), (1, "b", "x"), (2, "b", "y"), (3, "c", "z")], ()),  # the first repeat differs at once
+        ([(2, "b", "y"), (1, "a", "x"), (2, "b", "y"), (1, "a", "w")], ()),  # the first repeat agrees, another not
+    ],
+    ids=["duplicate-rows", "later-repeat-differs", "first-repeat-differs", "first-agrees-second-not"],
+)
+@pytest.mark.parametrize("in_parts", [False, True], ids=["whole", "in_parts"])
+def test_an_id_column_repeated_only_by_whole_duplicate_rows_is_the_key(tmp_path, monkeypatch, rows, key, in_parts):
+    from servicedesk_etl.profiling import infer
+
+    path = snapshot(tmp_path / "k.db", 'CREATE TABLE t ("Ticket ID" INTEGER, status TEXT, note TEXT)', rows)
+    if in_parts:
+        monkeypatch.setattr(infer, "CELLS_PER_READ", 6)
+    table = profile_database(path).table("t")
+    assert table.key_columns == key
+    reason = table.column("Ticket ID").reason
+    assert ("exact duplicate row(s) are removed" in reason) == bool(key)
+
+
 @pytest.mark.parametrize("layout", ["whole", "in_parts", "sampled"])
 def test_each_table_plan_is_announced_once_as_soon_as_it_is_decided(tmp_path, monkeypatch, layout):
     from servicedesk_etl.profiling import infer
