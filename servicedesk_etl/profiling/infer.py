@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ ENGINE = "in-memory"
 FEW_VALUES = 2_000
 # Cells read at once while profiling a table (about 60 bytes each as raw values): bounds memory.
 CELLS_PER_READ = 6_000_000
+# Bytes of whole-table frames read and not yet decided, beyond which reading waits for decisions.
+FRAMES_AWAITING_DECISION = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,11 @@ def profile_connection(
 ) -> Plan:
     """The plan for every user table of an open (read-only) connection (hooks as in `profile_database`).
 
-    A table read whole is decided on a worker thread while this one reads the next table: reading is
-    Python work, deciding mostly polars work that runs without the GIL. At most two whole tables are
-    in memory at once, the one being decided and the one being read.
+    A table read whole is decided on a worker thread while this one reads the next tables: reading is
+    Python work, deciding mostly polars work that runs without the GIL. The last table read is always
+    decided while the next is read; older ones may still wait to be decided as long as the frames not
+    decided hold at most `FRAMES_AWAITING_DECISION` bytes, else reading waits for the oldest. Plans
+    keep the tables' order.
     """
     tables = list_tables(conn)
     table_names = pg_names(tables, columns=False)
@@ -152,17 +157,22 @@ def profile_connection(
         if mapping.renamed:
             log.warning("table %s: %s", mapping.original, mapping.note)
     plans: list[TablePlan] = []
-    pending: Future[TablePlan] | None = None
+    pending: deque[tuple[Future[TablePlan], int]] = deque()  # decisions in table order, with their frames' sizes
 
     def decided(plan: TablePlan) -> None:
         plans.append(plan)
         if progress is not None:
             progress(plan.name, plan.row_count, plan.row_count)
 
-    def finish_pending() -> None:
-        nonlocal pending
-        if pending is not None:
-            future, pending = pending, None
+    def settle(awaiting_bytes: int | None) -> None:
+        """Take the decided plans in order, waiting for the oldest while the frames not decided hold more
+        than `awaiting_bytes`, though never for the newest (None: wait for every one)."""
+        while pending and (
+            pending[0][0].done()
+            or awaiting_bytes is None
+            or (len(pending) > 1 and sum(size for _, size in pending) > awaiting_bytes)
+        ):
+            future, _ = pending.popleft()
             decided(future.result())
 
     def announced(plan: TablePlan) -> TablePlan:
@@ -178,15 +188,16 @@ def profile_connection(
         for mapping in table_names:
             layout = _layout(conn, mapping.original, settings)
             if not layout.whole:
-                finish_pending()
+                settle(None)
                 parts = _profile_in_parts(conn, mapping.original, mapping.pg_name, layout, settings, on_table)
                 decided(announced(parts))
                 continue
             whole = _read_whole(conn, mapping.original, on_table)
-            finish_pending()
-            pending = pool.submit(decide_whole, mapping.original, mapping.pg_name, layout, whole)
+            size = whole.estimated_size()
+            pending.append((pool.submit(decide_whole, mapping.original, mapping.pg_name, layout, whole), size))
             del whole
-        finish_pending()
+            settle(FRAMES_AWAITING_DECISION)
+        settle(None)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return Plan(

@@ -422,6 +422,49 @@ def test_an_id_column_repeated_only_by_whole_duplicate_rows_is_the_key(tmp_path,
     assert ("exact duplicate row(s) are removed" in reason) == bool(key)
 
 
+@pytest.mark.parametrize("budget", [2**30, 0], ids=["room", "no-room"])
+def test_reading_goes_on_while_earlier_tables_wait_to_be_decided_within_a_memory_budget(
+    tmp_path, monkeypatch, budget
+):
+    import threading
+
+    from servicedesk_etl.profiling import infer
+
+    path = tmp_path / "four.db"
+    conn = sqlite3.connect(path)
+    for table in ("a", "b", "c", "d"):
+        conn.execute(f"CREATE TABLE {table} (n INTEGER, note TEXT)")
+        conn.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(n, f"n{n % 7}") for n in range(100)])
+    conn.commit()
+    conn.close()
+    whole = profile_database(path)
+    release = threading.Event()
+    decide = infer._decide_whole
+
+    def slow_first(table, *args):
+        if table == "a":
+            assert release.wait(timeout=30)
+        return decide(table, *args)
+
+    def read(table, raw):
+        events.append(f"read {table}")
+        if table == ("c" if budget else "b"):
+            release.set()  # with room, "a" is decided only once "c" is read: reading must not wait for it
+
+    events: list[str] = []
+    monkeypatch.setattr(infer, "_decide_whole", slow_first)
+    monkeypatch.setattr(infer, "FRAMES_AWAITING_DECISION", budget)
+    plan = profile_database(path, on_table=read, on_plan=lambda table: events.append(f"decided {table.name}"))
+    assert plan.tables == whole.tables  # in the tables' order
+    reads = [event for event in events if event.startswith("read")]
+    assert reads == ["read a", "read b", "read c", "read d"]
+    assert [event for event in events if event.startswith("decided")] == ["decided a", "decided b", "decided c", "decided d"]
+    if budget:
+        assert events.index("read c") < events.index("decided a")
+    else:  # no room: "c" is read only once "a" is decided, while the newest, "b", may still be decided
+        assert events.index("decided a") < events.index("read c")
+
+
 @pytest.mark.parametrize("layout", ["whole", "in_parts", "sampled"])
 def test_each_table_plan_is_announced_once_as_soon_as_it_is_decided(tmp_path, monkeypatch, layout):
     from servicedesk_etl.profiling import infer
