@@ -219,13 +219,45 @@ class FrameSource:
         units = [("column", table, column.name) for column in self._schema.get(table, ()) if column.name in held]
         with self._guard:
             self._rows.setdefault(table, frame.height)
+        return self._build_from(table, frame, units)
+
+    def count_prepared(
+        self,
+        table: str,
+        measures: Iterable[Measure],
+        null_markers: Sequence[str] = DEFAULT_NULL_MARKERS,
+        frame: pl.DataFrame | None = None,
+    ) -> int:
+        """Count now the measures whose distinct tables are built (by `prepare`), so that `measure`
+        later finds them counted; the others are left until asked. Given the table's whole `frame`,
+        the column pairs asked are built from it first, and the duplicate rows counted. Returns how
+        many measures were counted."""
+        wanted = [measure for measure in measures if measure.kind != m.ROWS]
+        if frame is not None:
+            held = set(frame.columns)
+            pairs = {_unit(table, measure) for measure in wanted if measure.kind in _PAIR_KINDS}
+            self._build_from(table, frame, [unit for unit in pairs if held.issuperset(unit[2:])])
+            if held.issuperset(self.columns(table)):
+                self._counts.answer(
+                    ("duplicates", table), lambda: self._duplicate_rows_uncached(table, _mapping_loader({table: frame}))
+                )
+        with self._guard:
+            built = {unit for unit in self._distinct if unit[1] == table}
+        ready = [measure for measure in wanted if _unit(table, measure) in built]
+        if ready:
+            self.measure(table, ready, null_markers)
+        return len(ready)
+
+    def _build_from(self, table: str, frame: pl.DataFrame, units: Iterable[tuple[str, ...]]) -> int:
+        """Build, from `frame`, the units nobody has built or is building. Returns the bytes built."""
+        with self._guard:
             claimed = [unit for unit in units if unit not in self._distinct and unit not in self._building]
             for unit in claimed:
                 self._building[unit] = threading.Event()
         built = 0
         try:
             for unit in claimed:
-                distinct = self._build_unit(table, frame, [unit[2]])
+                distinct = self._build_unit(table, frame, list(unit[2:]))
                 built += distinct.bytes
                 with self._guard:
                     self._distinct[unit] = distinct
@@ -236,18 +268,6 @@ class FrameSource:
                     if unit in self._building:
                         self._building.pop(unit).set()
         return built
-
-    def count_prepared(
-        self, table: str, measures: Iterable[Measure], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
-    ) -> int:
-        """Count now the measures whose distinct tables are built (by `prepare`), so that `measure`
-        later finds them counted; the others are left until asked. Returns how many were counted."""
-        with self._guard:
-            built = {unit for unit in self._distinct if unit[1] == table}
-        ready = [measure for measure in measures if measure.kind != m.ROWS and _unit(table, measure) in built]
-        if ready:
-            self.measure(table, ready, null_markers)
-        return len(ready)
 
     @contextmanager
     def connected(self) -> Iterator[FrameSource]:
@@ -405,10 +425,11 @@ class FrameSource:
         """Rows equal to an earlier row in every column, as `SELECT DISTINCT *` sees them."""
         return self._counts.answer(("duplicates", table), lambda: self._duplicate_rows_uncached(table))
 
-    def _duplicate_rows_uncached(self, table: str) -> int:
+    def _duplicate_rows_uncached(self, table: str, load: FrameLoader | None = None) -> int:
         """Each row's hash is folded together column by column as columns are reduced for measures
         (the rest are loaded here); only rows whose hash repeats are then compared
         exactly. No table is ever held whole: columns are loaded `_CELLS_PER_LOAD` cells at a time."""
+        load = load or self._load
         names = [column.name for column in self._schema[table]]
         with self._guard:
             folded = set(self._row_hashes[table].columns) if table in self._row_hashes else set()
@@ -416,7 +437,7 @@ class FrameSource:
         per_load = self._columns_per_load(table)
         for start in range(0, len(remaining), per_load):
             group = remaining[start : start + per_load]
-            frame = self._load(table, group)
+            frame = load(table, group)
             self._fold(table, {name: _fields(frame.get_column(name)) for name in group}, frame.height)
         with self._guard:
             hashes = self._row_hashes[table].hashes if table in self._row_hashes else None
@@ -427,7 +448,7 @@ class FrameSource:
         parts: list[pl.DataFrame] = []
         for start in range(0, len(names), per_load):
             group = names[start : start + per_load]
-            frame = self._load(table, group).select(group).filter(suspect)
+            frame = load(table, group).select(group).filter(suspect)
             parts += [_keys(_fields(frame.get_column(name)), start + offset) for offset, name in enumerate(group)]
         parts = [part for part in parts if part.width]
         if not parts:  # every column NULL in every suspect row: they are one row
@@ -497,13 +518,15 @@ class FramePreparer:
     """Prepares a `FrameSource` from each table's frame on a background thread while the profiler
     decides that table and reads the next (`add` is a profiler `on_table` hook). Once a table's plan
     is decided, `count_ahead` counts on that same thread what the plan's gates will ask of it, while
-    the profiler reads on. `finish` waits and hands the source over; only what was not prepared or
-    counted ahead is then left.
+    the profiler reads on; a table prepared from its whole frame also gets its column pairs and its
+    duplicate rows counted then, from that frame. `finish` waits and hands the source over; only what
+    was not prepared or counted ahead is then left.
 
-    Memory stays bounded: one frame at a time is prepared (`add` first waits for the previous one,
-    so no frame is held longer than the profiler holds it); a frame of more than `max_rows` rows is
-    not prepared (its work would add to the profiler's peak), nor is any once the distinct tables
-    built reach `budget_bytes`. Columns not prepared are built when first measured, as before."""
+    Memory stays bounded: one frame at a time is prepared (`add` first waits for the previous one);
+    a whole frame prepared is kept only until its table is counted ahead (called as soon as the
+    profiler has decided it). A frame of more than `max_rows` rows is not prepared (its work would
+    add to the profiler's peak), nor is any once the distinct tables built reach `budget_bytes`.
+    Columns not prepared are built when first measured, as before."""
 
     def __init__(
         self, source: FrameSource, budget_bytes: int = DEFAULT_PREPARE_BUDGET, max_rows: int = DEFAULT_PREPARE_ROWS
@@ -515,10 +538,20 @@ class FramePreparer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-prepare")
         self._pending: Future[int] | None = None
         self._counting: list[Future[int]] = []
+        self._whole: dict[str, pl.DataFrame] = {}  # frames prepared whole, until their table is counted
+        self._added: set[str] = set()
+        self._lock = threading.Lock()
 
     def add(self, table: str, frame: pl.DataFrame) -> None:
         self._wait()
-        if self._built < self._budget and frame.height <= self._max_rows:
+        prepared = self._built < self._budget and frame.height <= self._max_rows
+        with self._lock:
+            if table in self._added:  # a table handed on in groups of columns: no frame of it is whole
+                self._whole.pop(table, None)
+            elif prepared:
+                self._whole[table] = frame
+            self._added.add(table)
+        if prepared:
             self._pending = self._pool.submit(self._source.prepare, table, frame)
 
     @property
@@ -529,11 +562,16 @@ class FramePreparer:
     def count_ahead(
         self, table: str, measures: Callable[[], Iterable[Measure]], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
     ) -> None:
-        """Count `measures()` of `table` (`FrameSource.count_prepared`) after what was added before,
-        on the preparing thread: call it once the table was added (`add`), from any thread."""
-        self._counting.append(
-            self._pool.submit(lambda: self._source.count_prepared(table, measures(), null_markers))
-        )
+        """Count `measures()` of `table` (`FrameSource.count_prepared`, given its whole frame if it was
+        prepared from one) after what was added before, on the preparing thread: call it once the table
+        was added whole (`add`), from any thread."""
+
+        def count() -> int:
+            with self._lock:
+                frame = self._whole.pop(table, None)
+            return self._source.count_prepared(table, measures(), null_markers, frame)
+
+        self._counting.append(self._pool.submit(count))
 
     def finish(self, frames: Mapping[str, pl.DataFrame] | FrameLoader) -> FrameSource:
         """The prepared source, answering from `frames` for anything not prepared."""
@@ -543,6 +581,7 @@ class FramePreparer:
                 counting.result()
         finally:
             self._pool.shutdown(wait=True)
+            self._whole.clear()
         self._source.serve(frames)
         return self._source
 
@@ -553,6 +592,7 @@ class FramePreparer:
 
     def discard(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._whole.clear()
         self._source.close()
 
 
@@ -587,10 +627,13 @@ def _mapping_loader(frames: Mapping[str, pl.DataFrame]) -> FrameLoader:
     return load
 
 
+_PAIR_KINDS = frozenset({m.COMPARABLE, m.ORDERED, m.MISSING_WHEN})
+
+
 def _unit(table: str, measure: Measure) -> tuple[str, ...]:
     """The values a measure depends on: one column, or (COMPARABLE, ORDERED, MISSING_WHEN) two."""
     column = measure.column or ""
-    if measure.kind in (m.COMPARABLE, m.ORDERED, m.MISSING_WHEN):
+    if measure.kind in _PAIR_KINDS:
         return ("pair", table, column, str(measure.args[0]))
     return ("column", table, column)
 

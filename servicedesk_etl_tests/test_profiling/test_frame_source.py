@@ -422,6 +422,19 @@ def spy_on_counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return counted
 
 
+def spy_on(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[Any]:
+    """The first argument after `self` of every call of a real method from now on."""
+    calls: list[Any] = []
+    method = getattr(owner, name)
+
+    def spied(self: Any, first: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(first)
+        return method(self, first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spied)
+    return calls
+
+
 def test_gate_questions_are_what_the_scorer_and_the_rules_ask(demo: Path) -> None:
     plan = profile_database(demo)
     recorder = RecordingSource(demo)
@@ -437,24 +450,19 @@ def test_gate_questions_are_what_the_scorer_and_the_rules_ask(demo: Path) -> Non
     assert all(len(measures) == len(set(measures)) for measures in questions.values())  # each asked once
 
 
-def test_counting_ahead_leaves_the_scorer_and_the_rules_only_what_spans_columns(
+def test_counting_ahead_leaves_the_scorer_and_the_rules_nothing_to_count(
     demo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counted = spy_on_counting(monkeypatch)
+    duplicates = spy_on(monkeypatch, FrameSource, "_duplicate_rows_uncached")
     source = counted_ahead_source(demo)
-    assert counted, "nothing was counted ahead"
+    assert counted and duplicates, "nothing was counted ahead"
     plan = profile_database(demo)
     counted.clear()
+    duplicates.clear()
     score = score_quality(source, plan)
     rules = evaluate_rules(source, plan, rule_packs(PipelineSettings()), now=NOW)
-    pairs = {m.COMPARABLE, m.ORDERED, m.MISSING_WHEN}
-    spanning = {
-        str(measure.column)
-        for measures in GateQuestions(rule_packs(PipelineSettings()), None, now=NOW).of(source, plan).values()
-        for measure in measures
-        if measure.kind in pairs
-    }
-    assert set(counted) <= spanning  # only a pair of columns waits for its frames
+    assert counted == [] and duplicates == []  # column pairs and duplicate rows included
     assert comparable(score.to_dict()) == comparable(score_quality(sqlite_source(demo), plan).to_dict())
     assert comparable(rules.to_dict()) == comparable(
         evaluate_rules(sqlite_source(demo), plan, rule_packs(PipelineSettings()), now=NOW).to_dict()
@@ -538,19 +546,27 @@ def test_profile_step_builds_distinct_tables_while_profiling_and_scores_as_the_f
 ) -> None:
     from servicedesk_etl.pipeline import profile_step
 
-    built_after_profiling: list[tuple[str, ...]] = []
-    build = FrameSource._build
+    built_from_frames: list[tuple[str, ...]] = []
+    built_when_measured: list[tuple[str, ...]] = []
+    build, build_from = FrameSource._build, FrameSource._build_from
 
     def recording_build(self: FrameSource, table: str, units: list[tuple[str, ...]]) -> None:
-        built_after_profiling.extend(units)
+        built_when_measured.extend(units)
         build(self, table, units)
 
+    def recording_build_from(self: FrameSource, table: str, frame: pl.DataFrame, units: Any) -> int:
+        units = list(units)
+        built_from_frames.extend(units)
+        return build_from(self, table, frame, units)
+
     monkeypatch.setattr(FrameSource, "_build", recording_build)
+    monkeypatch.setattr(FrameSource, "_build_from", recording_build_from)
     settings = PipelineSettings(run_dry_run=False)
     outcome = profile_step(demo, tmp_path / "profile", dsn=None, settings=settings)
     plan = profile_database(demo)
     by_file = score_quality(sqlite_source(demo), plan)
     assert (outcome.artifact.quality_score, outcome.artifact.dimensions) == (by_file.score, dict(by_file.dimensions))
     assert outcome.metadata["rules_score"] == evaluate_rules(sqlite_source(demo), plan, rule_packs(settings)).score
-    assert built_after_profiling, "no column pair was measured"
-    assert all(unit[0] == "pair" for unit in built_after_profiling), built_after_profiling
+    # every column, and every pair of columns the gates compare, built from the frames as they came
+    assert {unit[0] for unit in built_from_frames} == {"column", "pair"}
+    assert built_when_measured == []
