@@ -285,6 +285,14 @@ class GateQuestions:
                 asked.setdefault(table, []).extend(measures)
         return {table: list(dict.fromkeys(measures)) for table, measures in asked.items()}
 
+    def links(self, source: Any, plan: Plan) -> list[Any]:
+        """Every reference whose orphans either asks for, once each."""
+        from servicedesk_etl.profiling.rules import rule_links
+        from servicedesk_etl.profiling.score import score_links
+
+        asked = [*score_links(source, plan), *rule_links(source, plan, self.packs, self.mapping, now=self.now)]
+        return list(dict.fromkeys(asked))
+
     def ask(self, source_for: Callable[[], Any], plan: Plan) -> None:
         """Each table's measures asked in one call, two tables at a time, each of `source_for()`."""
         from servicedesk_etl.profiling.sources import DEFAULT_NULL_MARKERS
@@ -306,7 +314,8 @@ class GateQuestions:
     def asked_ahead(self, preparer: Any, settings: Any) -> Callable[[TablePlan], None]:
         """A profiler `on_plan` hook: as each table's plan is decided, the measures whose distinct
         tables `preparer` has built are counted on its thread (`FramePreparer.count_ahead`) while the
-        profiler reads on. Tables not decided yet stand in the plan without columns."""
+        profiler reads on, with the orphans of each link between two tables decided by then. Tables
+        not decided yet stand in the plan without columns."""
         import dataclasses
 
         source = preparer.source
@@ -318,8 +327,13 @@ class GateQuestions:
             decided[table.name] = table
             known = [decided.get(name) or TablePlan(name, name, 0, ()) for name in source.tables()]
             partial = Plan("", "", "", tuple(known), plan_settings)
-            preparer.count_ahead(table.name, lambda: self.of(source, partial).get(table.name, []),
-                                 tuple(settings.null_markers))  # fmt: skip
+
+            def questions() -> tuple[list[Any], list[Any]]:
+                """The table's measures, and the links it ends that join two tables decided by now."""
+                links = [link for link in self.links(source, partial) if table.name in (link.child_table, link.parent_table)]
+                return self.of(source, partial).get(table.name, []), links
+
+            preparer.count_ahead(table.name, questions, tuple(settings.null_markers))
 
         return on_plan
 

@@ -227,26 +227,33 @@ class FrameSource:
         measures: Iterable[Measure],
         null_markers: Sequence[str] = DEFAULT_NULL_MARKERS,
         frame: pl.DataFrame | None = None,
+        links: Iterable[Link] = (),
     ) -> int:
         """Count now the measures whose distinct tables are built (by `prepare`), so that `measure`
         later finds them counted; the others are left until asked. Given the table's whole `frame`,
-        the column pairs asked are built from it first, and the duplicate rows counted. Returns how
-        many measures were counted."""
+        the column pairs asked are built from it first. Of `links`, those whose two columns have
+        distinct tables of their own are counted too (`orphans`). Returns how many measures were counted."""
         wanted = [measure for measure in measures if measure.kind != m.ROWS]
         if frame is not None:
             held = set(frame.columns)
             pairs = {_unit(table, measure) for measure in wanted if measure.kind in _PAIR_KINDS}
             self._build_from(table, frame, [unit for unit in pairs if held.issuperset(unit[2:])])
-            if held.issuperset(self.columns(table)):
-                self._counts.answer(
-                    ("duplicates", table), lambda: self._duplicate_rows_uncached(table, _mapping_loader({table: frame}))
-                )
         with self._guard:
-            built = {unit for unit in self._distinct if unit[1] == table}
+            built = {unit: distinct.on_file for unit, distinct in self._distinct.items()}
         ready = [measure for measure in wanted if _unit(table, measure) in built]
         if ready:
             self.measure(table, ready, null_markers)
+        for link in links:
+            ends = [("column", link.child_table, link.child_column), ("column", link.parent_table, link.parent_column)]
+            if all(built.get(unit) is False for unit in ends):  # a view on the file would need the frames
+                self.orphans(link, null_markers)
         return len(ready)
+
+    def count_duplicates(self, table: str, frame: pl.DataFrame) -> int:
+        """`duplicate_rows(table)` counted from the table's whole `frame` (its row hashes folded by `prepare`)."""
+        return self._counts.answer(
+            ("duplicates", table), lambda: self._duplicate_rows_uncached(table, _mapping_loader({table: frame}))
+        )
 
     def _build_from(self, table: str, frame: pl.DataFrame, units: Iterable[tuple[str, ...]]) -> int:
         """Build, from `frame`, the units nobody has built or is building. Returns the bytes built."""
@@ -539,20 +546,23 @@ class FramePreparer:
         self._pending: Future[int] | None = None
         self._counting: list[Future[int]] = []
         self._whole: dict[str, pl.DataFrame] = {}  # frames prepared whole, until their table is counted
-        self._added: set[str] = set()
         self._lock = threading.Lock()
 
     def add(self, table: str, frame: pl.DataFrame) -> None:
         self._wait()
-        prepared = self._built < self._budget and frame.height <= self._max_rows
-        with self._lock:
-            if table in self._added:  # a table handed on in groups of columns: no frame of it is whole
-                self._whole.pop(table, None)
-            elif prepared:
-                self._whole[table] = frame
-            self._added.add(table)
-        if prepared:
-            self._pending = self._pool.submit(self._source.prepare, table, frame)
+        if self._built < self._budget and frame.height <= self._max_rows:
+            whole = set(frame.columns).issuperset(self._source.columns(table))  # not a group of columns
+            if whole:
+                with self._lock:
+                    self._whole[table] = frame
+            self._pending = self._pool.submit(self._prepare, table, frame, whole)
+
+    def _prepare(self, table: str, frame: pl.DataFrame, whole: bool) -> int:
+        """Build the frame's distinct tables; a whole table has its duplicate rows counted too."""
+        built = self._source.prepare(table, frame)
+        if whole:
+            self._source.count_duplicates(table, frame)
+        return built
 
     @property
     def source(self) -> FrameSource:
@@ -560,16 +570,20 @@ class FramePreparer:
         return self._source
 
     def count_ahead(
-        self, table: str, measures: Callable[[], Iterable[Measure]], null_markers: Sequence[str] = DEFAULT_NULL_MARKERS
+        self,
+        table: str,
+        questions: Callable[[], tuple[Iterable[Measure], Iterable[Link]]],
+        null_markers: Sequence[str] = DEFAULT_NULL_MARKERS,
     ) -> None:
-        """Count `measures()` of `table` (`FrameSource.count_prepared`, given its whole frame if it was
-        prepared from one) after what was added before, on the preparing thread: call it once the table
-        was added whole (`add`), from any thread."""
+        """Count what `questions()` gives, the measures of `table` and the links whose orphans will be
+        asked (`FrameSource.count_prepared`, given its whole frame if it was prepared from one), after
+        what was added before, on the preparing thread: call it once the table was added, from any thread."""
 
         def count() -> int:
             with self._lock:
                 frame = self._whole.pop(table, None)
-            return self._source.count_prepared(table, measures(), null_markers, frame)
+            measures, links = questions()
+            return self._source.count_prepared(table, measures, null_markers, frame, links)
 
         self._counting.append(self._pool.submit(count))
 

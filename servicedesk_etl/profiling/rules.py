@@ -882,6 +882,21 @@ def rule_measures(
     return _wanted(evaluations)
 
 
+def rule_links(
+    source: TableSource, plan: Plan, packs: Sequence[Path] | None = None, mapping: Path | None = None, *, now: datetime
+) -> list[Link]:
+    """The references whose orphans `evaluate_rules` with the same arguments asks `source` for."""
+    measured = _Measured(source, tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS)))
+    _, evaluations = _evaluations(source, plan, packs, mapping, lambda c: _Context(c, now, measured))
+    return [
+        Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column, ignore)
+        for pack, _, targets in evaluations
+        for rule in pack.rules
+        if rule.check == "orphans" and _evaluable(rule, targets[rule.id])
+        for child, parent, ignore in targets[rule.id].links
+    ]
+
+
 _Evaluation = tuple[RulePack, "_Context", dict[str, "_Targets"]]
 
 

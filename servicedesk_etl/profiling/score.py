@@ -206,6 +206,15 @@ def score_measures(source: TableSource, plan: Plan) -> dict[str, list[Measure]]:
     return {catalog.physical[name]: _wanted(catalog, name) for name in catalog.tables}
 
 
+def score_links(source: TableSource, plan: Plan) -> list[Link]:
+    """The references whose orphans `score_quality(source, plan)` asks `source` for."""
+    return [_link(child, parent) for child, parent in detect_links(Catalog(source, plan))]
+
+
+def _link(child: ColumnRef, parent: ColumnRef) -> Link:
+    return Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column)
+
+
 def _is_numeric_id(ref: ColumnRef) -> bool:
     return is_id_like(ref.column.name) and ref.column.target_type in NUMBER_TYPES
 
@@ -260,8 +269,7 @@ def _tallies(
         duplicates = 0 if key_unique else catalog.source.duplicate_rows(catalog.physical[name])
         tallies["uniqueness"].add(f"{name} (rows)", rows - duplicates, rows)
     for child, parent in detect_links(catalog):
-        link = Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column)
-        found = catalog.source.orphans(link, markers)
+        found = catalog.source.orphans(_link(child, parent), markers)
         tallies["referential"].add(f"{child.label} -> {parent.label}", found.checked - found.orphans, found.checked)
     return tallies
 

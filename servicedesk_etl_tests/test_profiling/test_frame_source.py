@@ -445,9 +445,13 @@ def test_gate_questions_are_what_the_scorer_and_the_rules_ask(demo: Path) -> Non
         if kind == "measure":
             table, measures, _markers = question
             asked.setdefault(table, set()).update(measures)
-    questions = GateQuestions(rule_packs(PipelineSettings()), None, now=NOW).of(sqlite_source(demo), plan)
+    gate_questions = GateQuestions(rule_packs(PipelineSettings()), None, now=NOW)
+    questions = gate_questions.of(sqlite_source(demo), plan)
     assert {table: set(measures) for table, measures in questions.items()} == asked
     assert all(len(measures) == len(set(measures)) for measures in questions.values())  # each asked once
+    links = gate_questions.links(sqlite_source(demo), plan)
+    assert links and len(links) == len(set(links))
+    assert set(links) == {question[0] for kind, question, _ in recorder.calls if kind == "orphans"}
 
 
 def test_counting_ahead_leaves_the_scorer_and_the_rules_nothing_to_count(
@@ -455,14 +459,15 @@ def test_counting_ahead_leaves_the_scorer_and_the_rules_nothing_to_count(
 ) -> None:
     counted = spy_on_counting(monkeypatch)
     duplicates = spy_on(monkeypatch, FrameSource, "_duplicate_rows_uncached")
+    orphans = spy_on(monkeypatch, FrameSource, "_orphans_uncached")
     source = counted_ahead_source(demo)
-    assert counted and duplicates, "nothing was counted ahead"
+    assert counted and duplicates and orphans, "nothing was counted ahead"
     plan = profile_database(demo)
-    counted.clear()
-    duplicates.clear()
+    for calls in (counted, duplicates, orphans):
+        calls.clear()
     score = score_quality(source, plan)
     rules = evaluate_rules(source, plan, rule_packs(PipelineSettings()), now=NOW)
-    assert counted == [] and duplicates == []  # column pairs and duplicate rows included
+    assert counted == duplicates == orphans == []  # column pairs, duplicate rows and orphans included
     assert comparable(score.to_dict()) == comparable(score_quality(sqlite_source(demo), plan).to_dict())
     assert comparable(rules.to_dict()) == comparable(
         evaluate_rules(sqlite_source(demo), plan, rule_packs(PipelineSettings()), now=NOW).to_dict()
