@@ -46,7 +46,7 @@ from servicedesk_etl.profiling.dates import (
 from servicedesk_etl.profiling.identifiers import NameMapping, pg_names
 from servicedesk_etl.profiling.numbers import BOOLEAN_FORMATS, NUMBER_FORMATS, read_boolean, read_number
 from servicedesk_etl.profiling.plan import ColumnPlan, ColumnProfile, Conversion, FormatEvidence, Plan, TablePlan
-from servicedesk_etl.profiling.values import ROWID, STORAGE_CLASSES, RowSample, read_rows
+from servicedesk_etl.profiling.values import ROWID, STORAGE_CLASSES, RowSample, read_rows, rowid_span
 from servicedesk_etl.sqlite_source import (
     SourceColumn,
     file_sha256,
@@ -194,7 +194,8 @@ def profile_connection(
                 continue
             whole = _read_whole(conn, mapping.original, on_table)
             size = whole.estimated_size()
-            pending.append((pool.submit(decide_whole, mapping.original, mapping.pg_name, layout, whole), size))
+            decision = pool.submit(decide_whole, mapping.original, mapping.pg_name, _counted(layout, whole), whole)
+            pending.append((decision, size))
             del whole
             settle(FRAMES_AWAITING_DECISION)
         settle(None)
@@ -227,7 +228,12 @@ class _Layout:
 
 
 def _layout(conn: sqlite3.Connection, table: str, settings: ProfileSettings) -> _Layout:
+    """How to profile the table. When its rowids span few enough rows to read it whole, the rows are
+    not counted first (a scan of the table): the read counts them."""
     columns = tuple(table_columns(conn, table))
+    span = rowid_span(conn, table, [column.name for column in columns])
+    if span is not None and span <= settings.sample_above_rows and span * len(columns) <= CELLS_PER_READ:
+        return _Layout(columns, span, span, None, whole=True)
     total = row_count(conn, table)
     if total > settings.sample_above_rows:
         sample = RowSample(settings.sample_rows / total, settings.seed)
@@ -240,6 +246,11 @@ def _read_whole(conn: sqlite3.Connection, table: str, on_table: TableFrameHook |
     if on_table is not None:
         on_table(table, whole)
     return whole
+
+
+def _counted(layout: _Layout, whole: pl.DataFrame) -> _Layout:
+    """The layout of a table read whole, with the rows the read found."""
+    return dataclasses.replace(layout, total=whole.height, rows=whole.height)
 
 
 def _decide_whole(

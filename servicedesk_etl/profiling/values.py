@@ -121,6 +121,19 @@ def _where(sample: RowSample, rowid_sql: str) -> tuple[str, tuple[int, ...]]:
     return f" WHERE {predicate}", params
 
 
+def rowid_span(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> int | None:
+    """How many rows the table's rowids leave room for (at least its row count, found without a scan),
+    or None for a WITHOUT ROWID table."""
+    rowid_sql = _rowid_expression(conn, table, names)
+    if rowid_sql is None:
+        return None
+    quoted = quote_ident(table)  # one aggregate per query: SQLite then reads one end of the rowid b-tree
+    low, high = conn.execute(
+        f"SELECT (SELECT min({rowid_sql}) FROM {quoted}), (SELECT max({rowid_sql}) FROM {quoted})"
+    ).fetchone()
+    return 0 if low is None else high - low + 1
+
+
 def _rowid_expression(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> str | None:
     """The rowid alias not shadowed by a column, or None for a WITHOUT ROWID table."""
     taken = {column.name.lower() for column in table_columns(conn, table)} | {name.lower() for name in names}

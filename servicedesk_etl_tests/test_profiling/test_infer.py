@@ -422,6 +422,33 @@ def test_an_id_column_repeated_only_by_whole_duplicate_rows_is_the_key(tmp_path,
     assert ("exact duplicate row(s) are removed" in reason) == bool(key)
 
 
+def test_row_counts_hold_whatever_the_rowids(tmp_path):
+    from servicedesk_etl.profiling.values import rowid_span
+
+    path = tmp_path / "rowids.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE sparse (n INTEGER)")
+    conn.executemany("INSERT INTO sparse (rowid, n) VALUES (?, ?)", [(k * 1000, k) for k in range(1, 51)])
+    conn.execute("CREATE TABLE far_apart (n INTEGER)")  # two rows whose rowids span more than a sample
+    conn.executemany("INSERT INTO far_apart (rowid, n) VALUES (?, ?)", [(-(2**62), 1), (2**62, 2)])
+    conn.execute('CREATE TABLE shadowed ("rowid" TEXT, n INTEGER)')  # a column named rowid
+    conn.executemany("INSERT INTO shadowed VALUES (?, ?)", [("z", 1), ("a", 2), ("m", 3)])
+    conn.execute("CREATE TABLE keyed (k TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID")
+    conn.executemany("INSERT INTO keyed VALUES (?, ?)", [("a", 1), ("b", 2)])
+    conn.execute("CREATE TABLE empty (n INTEGER)")
+    conn.commit()
+    settings = ProfileSettings(sample_above_rows=100, sample_rows=50)
+    plan = profile_database(path, settings)
+    for table in plan.tables:
+        assert table.row_count == conn.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0], table.name
+        assert not table.sampled, table.name
+    assert rowid_span(conn, "sparse", ["n"]) == 49_001
+    assert rowid_span(conn, "shadowed", ["rowid", "n"]) == 3
+    assert rowid_span(conn, "keyed", ["k", "n"]) is None
+    assert rowid_span(conn, "empty", ["n"]) == 0
+    conn.close()
+
+
 @pytest.mark.parametrize("budget", [2**30, 0], ids=["room", "no-room"])
 def test_reading_goes_on_while_earlier_tables_wait_to_be_decided_within_a_memory_budget(
     tmp_path, monkeypatch, budget
