@@ -316,24 +316,21 @@ class GateQuestions:
         tables `preparer` has built are counted on its thread (`FramePreparer.count_ahead`) while the
         profiler reads on, with the orphans of each link between two tables decided by then. Tables
         not decided yet stand in the plan without columns."""
-        import dataclasses
-
         source = preparer.source
-        plan_settings = {key: list(value) if isinstance(value, tuple) else value
-                         for key, value in dataclasses.asdict(settings).items()}  # fmt: skip
+        markers = tuple(settings.null_markers)
         decided: dict[str, TablePlan] = {}
 
         def on_plan(table: TablePlan) -> None:
             decided[table.name] = table
             known = [decided.get(name) or TablePlan(name, name, 0, ()) for name in source.tables()]
-            partial = Plan("", "", "", tuple(known), plan_settings)
+            partial = Plan("", "", "", tuple(known), {"null_markers": list(markers)})
 
             def questions() -> tuple[list[Any], list[Any]]:
                 """The table's measures, and the links it ends that join two tables decided by now."""
-                links = [link for link in self.links(source, partial) if table.name in (link.child_table, link.parent_table)]
-                return self.of(source, partial).get(table.name, []), links
+                ends = [link for link in self.links(source, partial) if table.name in (link.child_table, link.parent_table)]
+                return self.of(source, partial).get(table.name, []), ends
 
-            preparer.count_ahead(table.name, questions, tuple(settings.null_markers))
+            preparer.count_ahead(table.name, questions, markers)
 
         return on_plan
 
