@@ -525,9 +525,10 @@ class FramePreparer:
     """Prepares a `FrameSource` from each table's frame on a background thread while the profiler
     decides that table and reads the next (`add` is a profiler `on_table` hook). Once a table's plan
     is decided, `count_ahead` counts on that same thread what the plan's gates will ask of it, while
-    the profiler reads on; a table prepared from its whole frame also gets its column pairs and its
-    duplicate rows counted then, from that frame. `finish` waits and hands the source over; only what
-    was not prepared or counted ahead is then left.
+    the profiler reads on. A table prepared from its whole frame has its duplicate rows counted as it
+    is prepared, and the column pairs the gates compare built from that frame when it is counted
+    ahead. `finish` waits and hands the source over; only what was not prepared or counted ahead is
+    then left.
 
     Memory stays bounded: one frame at a time is prepared (`add` first waits for the previous one);
     a whole frame prepared is kept only until its table is counted ahead (called as soon as the
