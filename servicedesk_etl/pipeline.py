@@ -206,10 +206,10 @@ def profile_step(
     from servicedesk_etl.reports import write_profile_report
 
     start = time.perf_counter()
+    questions = GateQuestions(rule_packs(settings), rule_mapping(settings))  # an unusable pack stops us here
     run_dir.mkdir(parents=True, exist_ok=True)
     handoff = FrameHandoff(run_dir / RAW_CACHE_DIR, keep_bytes=frames_memory_budget())
     preparer = frame_preparer(source)
-    questions = GateQuestions(rule_packs(settings), rule_mapping(settings))
     chosen = profile_settings(settings)
 
     def on_table(table: str, frame: Any) -> None:
@@ -270,9 +270,16 @@ class GateQuestions:
     they ask."""
 
     def __init__(self, packs: Sequence[Path] | None, mapping: Path | None, now: datetime | None = None) -> None:
+        """Reads the packs and the mapping once, so an unusable one stops a run before any table is read."""
+        from servicedesk_etl.profiling.rules import load_mapping, load_pack, shipped_pack_paths
+
         self.packs = None if packs is None else list(packs)
         self.mapping = mapping
         self.now = now or datetime.now(UTC).replace(tzinfo=None)
+        for path in shipped_pack_paths() if self.packs is None else self.packs:
+            load_pack(path)
+        if mapping is not None:
+            load_mapping(mapping)
 
     def of(self, source: Any, plan: Plan) -> dict[str, list[Any]]:
         """Every measure both ask of each table (physical name), in the order they ask them."""

@@ -95,6 +95,18 @@ def test_a_user_rule_that_fails_shows_on_the_quality_score_check(tmp_path):
     assert "HOUSE-01" in {rule["rule"] for rule in quality.metadata["failing_rules"]}
 
 
+def test_an_unusable_user_rule_pack_stops_the_profile_before_any_table_is_read(tmp_path):
+    from servicedesk_etl.profiling.rules import RulePackError
+
+    pack = tmp_path / "house.toml"
+    pack.write_text(USER_PACK.replace("completeness = 100", "completeness = 90"))
+    source = snapshot_with_created_times(tmp_path / "s.db", 10, 0)
+    with pytest.raises(RulePackError, match="sum to 90, not 100"):
+        profile_step(source, tmp_path / "run", dsn=None,
+                     settings=PipelineSettings(run_dry_run=False, rule_packs=(str(pack),)))
+    assert not (tmp_path / "run" / "raw").exists() and not (tmp_path / "run" / "plan.json").exists()
+
+
 def test_profiling_reports_progress_per_table(tmp_path):
     from servicedesk_etl.profiling.infer import profile_database
 
