@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import tempfile
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from servicedesk_etl.profiling.plan import Plan, TablePlan
 from servicedesk_etl.sqlite_source import open_readonly, quote_ident, readonly_uri
 
 log = logging.getLogger(__name__)
+
+SPREAD_ROWS = 200  # rows spread evenly over each table, besides the rows of odd values
+ROWS_PER_ODD_VALUE = 3
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,19 @@ class DryRunReport:
 
 
 def sample_rowids(conn: sqlite3.Connection, table: TablePlan, spread_rows: int) -> list[int]:
-    """Rowids of the rows worth trying: every odd value the profile saw, plus an even spread of the table."""
+    """Rowids of the rows worth trying: the first few rows of every odd value the profile saw (each
+    counterexample, each recognised format's example), plus an even spread of the table."""
     name = quote_ident(table.name)
     chosen: set[int] = set()
     for column in table.columns:
-        odd = list(column.profile.counterexamples) + [evidence.example for evidence in column.profile.formats]
+        odd = list(dict.fromkeys([*column.profile.counterexamples, *(f.example for f in column.profile.formats)]))
         if odd:
-            marks = ", ".join("?" for _ in odd)
-            query = f"SELECT rowid FROM {name} WHERE CAST({quote_ident(column.name)} AS TEXT) IN ({marks}) LIMIT 50"
-            chosen.update(rowid for (rowid,) in conn.execute(query, odd))
+            # A few rows per value, so a common value's rows cannot crowd out a rare one's; each
+            # scan stops at its last row needed.
+            each = f"SELECT * FROM (SELECT rowid FROM {name} WHERE CAST({quote_ident(column.name)} AS TEXT) = ? LIMIT ?)"
+            query = " UNION ALL ".join([each] * len(odd))
+            params = [param for value in odd for param in (value, ROWS_PER_ODD_VALUE)]
+            chosen.update(rowid for (rowid,) in conn.execute(query, params))
     (count,) = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
     step = max(count // max(spread_rows, 1), 1)
     chosen.update(rowid for (rowid,) in conn.execute(f"SELECT rowid FROM {name} WHERE rowid % ? = 0 LIMIT ?",
@@ -61,11 +69,44 @@ def sample_rowids(conn: sqlite3.Connection, table: TablePlan, spread_rows: int) 
     return sorted(chosen)
 
 
-def write_sample(source: Path, plan: Plan, target: Path, spread_rows: int) -> dict[str, int]:
-    """Copy the chosen rows of every planned table into `target` with the source's own DDL, byte for byte."""
+class SampleChooser:
+    """Chooses the dry run's sample rows (`sample_rowids`) of each table as soon as its plan is decided
+    (`add`, a profiler `on_plan` hook), on a thread of its own while the profiler reads on; `chosen`
+    gives every table's rows, choosing those of any table not added then. The scans release the GIL."""
+
+    def __init__(self, source: Path, spread_rows: int = SPREAD_ROWS) -> None:
+        self._source = source
+        self._spread_rows = spread_rows
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run-sample")
+        self._chosen: dict[str, Future[list[int]]] = {}
+
+    def add(self, table: TablePlan) -> None:
+        self._chosen[table.name] = self._pool.submit(self._choose, table)
+
+    def chosen(self, plan: Plan) -> dict[str, list[int]]:
+        try:
+            return {table.name: self._chosen[table.name].result() if table.name in self._chosen
+                    else self._choose(table) for table in plan.tables}  # fmt: skip
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _choose(self, table: TablePlan) -> list[int]:
+        with closing(open_readonly(self._source)) as conn:
+            return sample_rowids(conn, table, self._spread_rows)
+
+
+def write_sample(
+    source: Path, plan: Plan, target: Path, spread_rows: int, chosen: dict[str, list[int]] | None = None
+) -> dict[str, int]:
+    """Copy the chosen rows of every planned table into `target` with the source's own DDL, byte for
+    byte (`chosen`: the rows of each table, when a `SampleChooser` chose them already)."""
     counts: dict[str, int] = {}
     with closing(open_readonly(source)) as src:
-        chosen = {table.name: sample_rowids(src, table, spread_rows) for table in plan.tables}
+        if chosen is None:
+            chosen = {table.name: sample_rowids(src, table, spread_rows) for table in plan.tables}
         ddl = dict(src.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
     with closing(sqlite3.connect(target)) as dst:
         dst.execute("ATTACH DATABASE ? AS src", (readonly_uri(source),))
@@ -93,8 +134,11 @@ def where_it_failed(error: psycopg.Error) -> str:
     return diag.context.splitlines()[0] if diag.context else "the load"
 
 
-def dry_run(source: Path, plan: Plan, dsn: str, *, spread_rows: int = 200) -> DryRunReport:
-    """Clean, load and query a sample of `source` under `plan` in a throwaway schema, then drop it."""
+def dry_run(
+    source: Path, plan: Plan, dsn: str, *, spread_rows: int = SPREAD_ROWS, chooser: SampleChooser | None = None
+) -> DryRunReport:
+    """Clean, load and query a sample of `source` under `plan` in a throwaway schema, then drop it
+    (`chooser`: the sample rows, chosen while the tables were profiled)."""
     from servicedesk_etl.cleaning import clean_snapshot
     from servicedesk_etl.loading import load_schema
     from servicedesk_etl.pg import drop_schema
@@ -106,7 +150,8 @@ def dry_run(source: Path, plan: Plan, dsn: str, *, spread_rows: int = 200) -> Dr
     queries = ()
     with tempfile.TemporaryDirectory(prefix="servicedesk-dryrun-") as scratch:
         sample = Path(scratch) / "sample.db"
-        sample_rows = write_sample(source, plan, sample, spread_rows)
+        chosen = chooser.chosen(plan) if chooser is not None else None
+        sample_rows = write_sample(source, plan, sample, spread_rows, chosen)
         sample_plan = dataclasses.replace(plan, source_path=str(sample), source_sha256="")
         try:
             cleaned = clean_snapshot(sample, sample_plan, Path(scratch) / "cleaned.db").output

@@ -199,6 +199,7 @@ def profile_step(
     source: Path, run_dir: Path, *, dsn: str | None, settings: PipelineSettings, progress: Progress | None = None
 ) -> StepOutcome[ProfileArtifact]:
     """Infer the plan from the values, score the snapshot, dry-run the plan, and gate on confidence."""
+    from servicedesk_etl.dryrun import SampleChooser
     from servicedesk_etl.profiling.frame_source import frame_preparer
     from servicedesk_etl.profiling.infer import profile_database
     from servicedesk_etl.profiling.rules import evaluate_rules
@@ -210,6 +211,7 @@ def profile_step(
     run_dir.mkdir(parents=True, exist_ok=True)
     handoff = FrameHandoff(run_dir / RAW_CACHE_DIR, keep_bytes=frames_memory_budget())
     preparer = frame_preparer(source)
+    chooser = SampleChooser(source) if settings.run_dry_run and dsn is not None else None
     chosen = profile_settings(settings)
 
     def on_table(table: str, frame: Any) -> None:
@@ -217,28 +219,41 @@ def profile_step(
         if preparer is not None:
             preparer.add(table, frame)
 
+    counted_ahead = questions.asked_ahead(preparer, chosen) if preparer is not None else None
+
+    def on_plan(table: TablePlan) -> None:
+        """As each table is decided: its gate questions counted, its dry-run sample chosen."""
+        if counted_ahead is not None:
+            counted_ahead(table)
+        if chooser is not None:
+            chooser.add(table)
+
     try:
-        on_plan = questions.asked_ahead(preparer, chosen) if preparer is not None else None
         plan = profile_database(source, chosen, progress, on_table=on_table, on_plan=on_plan)
         cache = handoff.commit(plan.source_sha256, source.stat().st_size)
     except BaseException:
         handoff.discard()
         if preparer is not None:
             preparer.discard()
+        if chooser is not None:
+            chooser.close()
         raise
-    plan_path = plan.write(run_dir / "plan.json")
-    measured = measured_source(source, plan, handoff.loader(cache), cache, preparer)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run") as background:
+        # The dry run needs only the plan: it runs while the counts are gathered and the gates scored.
+        dry_run = background.submit(dry_run_gate, source, plan, dsn, chooser) if chooser and dsn is not None else None
+        plan_path = plan.write(run_dir / "plan.json")
+        measured = measured_source(source, plan, handoff.loader(cache), cache, preparer)
 
-    def counted() -> Any:
-        """The frames' source (one for every thread), else the file's (one per thread, sharing counts)."""
-        return measured if measured is not None else sqlite_source(source)
+        def counted() -> Any:
+            """The frames' source (one for every thread), else the file's (one per thread, sharing counts)."""
+            return measured if measured is not None else sqlite_source(source)
 
-    questions.ask(counted, plan)
-    score, rules, dry_run_result = concurrently(
-        lambda: score_quality(counted(), plan),
-        lambda: evaluate_rules(counted(), plan, questions.packs, questions.mapping, now=questions.now),
-        lambda: dry_run_gate(source, plan, dsn) if settings.run_dry_run and dsn is not None else None,
-    )
+        questions.ask(counted, plan)
+        score, rules = concurrently(
+            lambda: score_quality(counted(), plan),
+            lambda: evaluate_rules(counted(), plan, questions.packs, questions.mapping, now=questions.now),
+        )
+        dry_run_result = dry_run.result() if dry_run is not None else None
     handoff.release()
     gates = [type_confidence_gate(plan, settings), circuit_breaker_gate(plan, settings)]
     if dry_run_result is not None:
@@ -452,10 +467,11 @@ def _for_example(counterexamples: list[str]) -> str:
     return f" (e.g. {', '.join(repr(value) for value in counterexamples[:3])})" if counterexamples else ""
 
 
-def dry_run_gate(source: Path, plan: Plan, dsn: str) -> GateResult:
+def dry_run_gate(source: Path, plan: Plan, dsn: str, chooser: Any = None) -> GateResult:
+    """The plan run on a sample (`chooser`: a `dryrun.SampleChooser` that chose it while profiling)."""
     from servicedesk_etl.dryrun import dry_run
 
-    report = dry_run(source, plan, dsn)
+    report = dry_run(source, plan, dsn, chooser=chooser)
     return GateResult(
         "dry_run",
         passed=report.ok,
