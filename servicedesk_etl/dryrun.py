@@ -1,7 +1,7 @@
 """The profile's dry run: the plan executed end to end on a small sample, in a throwaway schema.
 
-The sample holds every row whose value is a counterexample or a recognised format's example, plus
-rows spread evenly over each table. It goes through the real cleaner and the real loader, then every
+The sample holds the first few rows of every value that is a counterexample or a recognised format's
+example, plus rows spread evenly over each table. It goes through the real cleaner and the real loader, then every
 dashboard query template runs on it, and the schema is dropped — so a plan that PostgreSQL would
 reject fails here, before anything is written for real.
 """
