@@ -9,7 +9,6 @@ reject fails here, before anything is written for real.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sqlite3
 import tempfile
@@ -18,11 +17,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from servicedesk_etl.profiling.plan import Plan, TablePlan
-from servicedesk_etl.sqlite_source import open_readonly, quote_ident, readonly_uri
+from servicedesk_etl.profiling.values import rowid_expression
+from servicedesk_etl.sqlite_source import open_readonly, quote_ident, readonly_uri, table_columns
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +49,51 @@ class DryRunReport:
     failures: tuple[DryRunFailure, ...] = ()
 
 
-def sample_rowids(conn: sqlite3.Connection, table: TablePlan, spread_rows: int) -> list[int]:
-    """Rowids of the rows worth trying: the first few rows of every odd value the profile saw (each
-    counterexample, each recognised format's example), plus an even spread of the table."""
+RowKey = tuple[Any, ...]
+
+
+def row_key(conn: sqlite3.Connection, table: TablePlan) -> list[str]:
+    """The SQL that identifies a row of the table: its rowid (under an alias no column shadows), or,
+    for a WITHOUT ROWID table, its primary key columns."""
+    columns = table_columns(conn, table.name)
+    alias = rowid_expression(conn, table.name, [column.name for column in columns])
+    if alias is not None:
+        return [alias]
+    key = sorted((column for column in columns if column.primary_key_position), key=lambda c: c.primary_key_position)
+    return [quote_ident(column.name) for column in key]
+
+
+def sample_rowids(conn: sqlite3.Connection, table: TablePlan, spread_rows: int) -> list[RowKey]:
+    """The keys (`row_key`) of the rows worth trying: the first few rows of every odd value the profile
+    saw (each counterexample, each recognised format's example), plus an even spread of the table."""
     name = quote_ident(table.name)
-    chosen: set[int] = set()
+    key_parts = row_key(conn, table)
+    key = ", ".join(key_parts)
+    chosen: set[RowKey] = set()
     for column in table.columns:
         odd = list(dict.fromkeys([*column.profile.counterexamples, *(f.example for f in column.profile.formats)]))
         if odd:
             # A few rows per value, so a common value's rows cannot crowd out a rare one's; each
             # scan stops at its last row needed.
-            each = f"SELECT * FROM (SELECT rowid FROM {name} WHERE CAST({quote_ident(column.name)} AS TEXT) = ? LIMIT ?)"
+            each = f"SELECT * FROM (SELECT {key} FROM {name} WHERE CAST({quote_ident(column.name)} AS TEXT) = ? LIMIT ?)"
             query = " UNION ALL ".join([each] * len(odd))
             params = [param for value in odd for param in (value, ROWS_PER_ODD_VALUE)]
-            chosen.update(rowid for (rowid,) in conn.execute(query, params))
+            chosen.update(conn.execute(query, params).fetchall())
     (count,) = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
     step = max(count // max(spread_rows, 1), 1)
-    chosen.update(rowid for (rowid,) in conn.execute(f"SELECT rowid FROM {name} WHERE rowid % ? = 0 LIMIT ?",
-                                                       (step, spread_rows)))
-    return sorted(chosen)
+    if len(key_parts) == 1 and key_parts[0] not in {quote_ident(c.name) for c in table.columns}:  # a rowid
+        spread = f"SELECT {key} FROM {name} WHERE {key} % ? = 0 LIMIT ?"
+    else:
+        ranked = f"SELECT {key}, row_number() OVER (ORDER BY {key}) AS position FROM {name}"
+        spread = f"SELECT {key} FROM ({ranked}) WHERE position % ? = 0 LIMIT ?"
+    chosen.update(conn.execute(spread, (step, spread_rows)).fetchall())
+    return sorted(chosen, key=_sortable)
+
+
+def _sortable(key: RowKey) -> tuple[Any, ...]:
+    """Keys in SQLite's order of storage classes (NULL, numbers, text, blobs), so any mix sorts."""
+    rank = {type(None): 0, int: 1, float: 1, str: 2, bytes: 3}
+    return tuple((rank.get(type(part), 4), part if part is not None else 0) for part in key)
 
 
 class SampleChooser:
@@ -78,12 +105,12 @@ class SampleChooser:
         self._source = source
         self._spread_rows = spread_rows
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dry-run-sample")
-        self._chosen: dict[str, Future[list[int]]] = {}
+        self._chosen: dict[str, Future[list[RowKey]]] = {}
 
     def add(self, table: TablePlan) -> None:
         self._chosen[table.name] = self._pool.submit(self._choose, table)
 
-    def chosen(self, plan: Plan) -> dict[str, list[int]]:
+    def chosen(self, plan: Plan) -> dict[str, list[RowKey]]:
         try:
             return {table.name: self._chosen[table.name].result() if table.name in self._chosen
                     else self._choose(table) for table in plan.tables}  # fmt: skip
@@ -93,13 +120,13 @@ class SampleChooser:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _choose(self, table: TablePlan) -> list[int]:
+    def _choose(self, table: TablePlan) -> list[RowKey]:
         with closing(open_readonly(self._source)) as conn:
             return sample_rowids(conn, table, self._spread_rows)
 
 
 def write_sample(
-    source: Path, plan: Plan, target: Path, spread_rows: int, chosen: dict[str, list[int]] | None = None
+    source: Path, plan: Plan, target: Path, spread_rows: int, chosen: dict[str, list[RowKey]] | None = None
 ) -> dict[str, int]:
     """Copy the chosen rows of every planned table into `target` with the source's own DDL, byte for
     byte (`chosen`: the rows of each table, when a `SampleChooser` chose them already)."""
@@ -108,17 +135,21 @@ def write_sample(
         if chosen is None:
             chosen = {table.name: sample_rowids(src, table, spread_rows) for table in plan.tables}
         ddl = dict(src.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+        keys = {table.name: row_key(src, table) for table in plan.tables}
     with closing(sqlite3.connect(target)) as dst:
         dst.execute("ATTACH DATABASE ? AS src", (readonly_uri(source),))
         for table in plan.tables:
             dst.execute(ddl[table.name])
             columns = ", ".join(quote_ident(column.name) for column in table.columns)
-            name = quote_ident(table.name)
+            name, key = quote_ident(table.name), ", ".join(keys[table.name])
+            holes = ", ".join("?" for _ in keys[table.name])
+            dst.execute(f"CREATE TEMP TABLE chosen ({', '.join(f'k{n}' for n in range(len(keys[table.name])))})")
+            dst.executemany(f"INSERT INTO temp.chosen VALUES ({holes})", chosen[table.name])
             dst.execute(
                 f"INSERT INTO main.{name} ({columns}) SELECT {columns} FROM src.{name} "
-                "WHERE rowid IN (SELECT value FROM json_each(?)) ORDER BY rowid",
-                (json.dumps(chosen[table.name]),),
+                f"WHERE ({key}) IN (SELECT * FROM temp.chosen) ORDER BY {key}"
             )
+            dst.execute("DROP TABLE temp.chosen")
             counts[table.name] = len(chosen[table.name])
         dst.commit()
         dst.execute("DETACH DATABASE src")

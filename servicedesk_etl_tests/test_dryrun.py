@@ -33,8 +33,8 @@ def test_the_sample_holds_every_odd_value_the_profile_saw_and_a_spread(snapshot:
     plan = profile_database(snapshot)
     with closing(open_readonly(snapshot)) as conn:
         chosen = sample_rowids(conn, plan.table("jobs"), spread_rows=20)
-    assert {1235, 1701} <= set(chosen)
-    assert len([rowid for rowid in chosen if rowid % 100 == 0]) >= 10  # rows spread over the table
+    assert {(1235,), (1701,)} <= set(chosen)  # rowids
+    assert len([key for key in chosen if key[0] > 1800]) >= 2  # rows spread to the end of the table
     assert chosen == sorted(set(chosen))
 
 
@@ -61,3 +61,27 @@ def test_a_dry_run_with_rows_chosen_ahead_reports_what_it_reports_without(snapsh
     after = dry_run(snapshot, plan, pg_dsn)
     assert ahead.ok and after.ok, (ahead.failures, after.failures)
     assert (ahead.sample_rows, ahead.queries_run) == (after.sample_rows, after.queries_run)
+
+
+def test_tables_without_a_usable_rowid_are_sampled_by_their_key(tmp_path: Path, pg_dsn: str) -> None:
+    path = tmp_path / "keys.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE keyed (k TEXT, part INTEGER, n INTEGER, PRIMARY KEY (k, part)) WITHOUT ROWID")
+    conn.executemany("INSERT INTO keyed VALUES (?, ?, ?)", [(f"k{i % 40}", i, i) for i in range(400)] + [("odd", 1, "x")])
+    conn.execute('CREATE TABLE shadowed ("rowid" TEXT, n INTEGER)')  # its rowid is a column: _rowid_ is the row
+    conn.executemany("INSERT INTO shadowed VALUES (?, ?)", [("same", i) for i in range(300)] + [("same", "odd")])
+    conn.commit()
+    conn.close()
+    plan = profile_database(path)
+    with closing(open_readonly(path)) as conn:
+        keyed = sample_rowids(conn, plan.table("keyed"), 20)
+        shadowed = sample_rowids(conn, plan.table("shadowed"), 20)
+    assert ("odd", 1) in keyed and all(len(key) == 2 for key in keyed)
+    assert (301,) in shadowed  # the row holding "odd", by its real rowid
+    report = dry_run(path, plan, pg_dsn, spread_rows=20)
+    assert report.ok, report.failures
+    assert report.sample_rows == {"keyed": len(keyed), "shadowed": len(shadowed)}
+    with closing(sqlite3.connect(tmp_path / "sample-check.db")) as check:
+        write_sample(path, plan, tmp_path / "sample-check.db", 20)
+        assert check.execute("SELECT count(*) FROM keyed WHERE n = 'x'").fetchone() == (1,)
+        assert check.execute("SELECT count(*) FROM shadowed WHERE n = 'odd'").fetchone() == (1,)

@@ -73,7 +73,7 @@ def read_rows(
 ) -> pl.DataFrame:
     """Like `read_table`, optionally restricted to a seeded sample of rows."""
     names = list(columns) if columns is not None else [column.name for column in table_columns(conn, table)]
-    rowid_sql = _rowid_expression(conn, table, names)
+    rowid_sql = rowid_expression(conn, table, names)
     where, params = ("", ()) if sample is None or rowid_sql is None else _where(sample, rowid_sql)
     return _read_plain(conn, table, names, rowid_sql, where, params)
 
@@ -124,7 +124,7 @@ def _where(sample: RowSample, rowid_sql: str) -> tuple[str, tuple[int, ...]]:
 def rowid_span(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> int | None:
     """How many rows the table's rowids leave room for (at least its row count, found without a scan),
     or None for a WITHOUT ROWID table."""
-    rowid_sql = _rowid_expression(conn, table, names)
+    rowid_sql = rowid_expression(conn, table, names)
     if rowid_sql is None:
         return None
     quoted = quote_ident(table)  # one aggregate per query: SQLite then reads one end of the rowid b-tree
@@ -134,7 +134,7 @@ def rowid_span(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> in
     return 0 if low is None else high - low + 1
 
 
-def _rowid_expression(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> str | None:
+def rowid_expression(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> str | None:
     """The rowid alias not shadowed by a column, or None for a WITHOUT ROWID table."""
     taken = {column.name.lower() for column in table_columns(conn, table)} | {name.lower() for name in names}
     alias = next((candidate for candidate in _ROWID_ALIASES if candidate not in taken), None)
