@@ -231,14 +231,16 @@ def _layout(conn: sqlite3.Connection, table: str, settings: ProfileSettings) -> 
     """How to profile the table. When its rowids span few enough rows to read it whole, the rows are
     not counted first (a scan of the table): the read counts them."""
     columns = tuple(table_columns(conn, table))
+
+    def read_whole(rows: int) -> bool:
+        return rows <= settings.sample_above_rows and rows * len(columns) <= CELLS_PER_READ
+
     span = rowid_span(conn, table, [column.name for column in columns])
-    if span is not None and span <= settings.sample_above_rows and span * len(columns) <= CELLS_PER_READ:
-        return _Layout(columns, span, span, None, whole=True)
-    total = row_count(conn, table)
+    total = span if span is not None and read_whole(span) else row_count(conn, table)
     if total > settings.sample_above_rows:
         sample = RowSample(settings.sample_rows / total, settings.seed)
         return _Layout(columns, total, min(total, settings.sample_rows), sample, whole=False)
-    return _Layout(columns, total, total, None, whole=total * len(columns) <= CELLS_PER_READ)
+    return _Layout(columns, total, total, None, whole=read_whole(total))
 
 
 def _read_whole(conn: sqlite3.Connection, table: str, on_table: TableFrameHook | None) -> pl.DataFrame:
