@@ -251,9 +251,7 @@ class FrameSource:
 
     def count_duplicates(self, table: str, frame: pl.DataFrame) -> int:
         """`duplicate_rows(table)` counted from the table's whole `frame` (its row hashes folded by `prepare`)."""
-        return self._counts.answer(
-            ("duplicates", table), lambda: self._duplicate_rows_uncached(table, _mapping_loader({table: frame}))
-        )
+        return self._duplicates(table, _mapping_loader({table: frame}))
 
     def _build_from(self, table: str, frame: pl.DataFrame, units: Iterable[tuple[str, ...]]) -> int:
         """Build, from `frame`, the units nobody has built or is building. Returns the bytes built."""
@@ -430,13 +428,15 @@ class FrameSource:
 
     def duplicate_rows(self, table: str) -> int:
         """Rows equal to an earlier row in every column, as `SELECT DISTINCT *` sees them."""
-        return self._counts.answer(("duplicates", table), lambda: self._duplicate_rows_uncached(table))
+        return self._duplicates(table, self._load)
 
-    def _duplicate_rows_uncached(self, table: str, load: FrameLoader | None = None) -> int:
+    def _duplicates(self, table: str, load: FrameLoader) -> int:
+        return self._counts.answer(("duplicates", table), lambda: self._duplicate_rows_uncached(table, load))
+
+    def _duplicate_rows_uncached(self, table: str, load: FrameLoader) -> int:
         """Each row's hash is folded together column by column as columns are reduced for measures
         (the rest are loaded here); only rows whose hash repeats are then compared
         exactly. No table is ever held whole: columns are loaded `_CELLS_PER_LOAD` cells at a time."""
-        load = load or self._load
         names = [column.name for column in self._schema[table]]
         with self._guard:
             folded = set(self._row_hashes[table].columns) if table in self._row_hashes else set()
