@@ -296,24 +296,20 @@ class GateQuestions:
         if mapping is not None:
             load_mapping(mapping)
 
-    def of(self, source: Any, plan: Plan) -> dict[str, list[Any]]:
-        """Every measure both ask of each table (physical name), in the order they ask them."""
-        from servicedesk_etl.profiling.rules import rule_measures
-        from servicedesk_etl.profiling.score import score_measures
+    def questions(self, source: Any, plan: Plan) -> tuple[dict[str, list[Any]], list[Any]]:
+        """What both ask, without counting: the measures of each table (physical name, each once, in
+        the order they ask them) and the references whose orphans they count (each once)."""
+        from servicedesk_etl.profiling.rules import rule_questions
+        from servicedesk_etl.profiling.score import score_questions
 
-        asked: dict[str, list[Any]] = {}
-        for wanted in (score_measures(source, plan), rule_measures(source, plan, self.packs, self.mapping, now=self.now)):
-            for table, measures in wanted.items():
-                asked.setdefault(table, []).extend(measures)
-        return {table: list(dict.fromkeys(measures)) for table, measures in asked.items()}
-
-    def links(self, source: Any, plan: Plan) -> list[Any]:
-        """Every reference whose orphans either asks for, once each."""
-        from servicedesk_etl.profiling.rules import rule_links
-        from servicedesk_etl.profiling.score import score_links
-
-        asked = [*score_links(source, plan), *rule_links(source, plan, self.packs, self.mapping, now=self.now)]
-        return list(dict.fromkeys(asked))
+        score_measures, score_links = score_questions(source, plan)
+        rule_measures, rule_links = rule_questions(source, plan, self.packs, self.mapping, now=self.now)
+        measures: dict[str, list[Any]] = {}
+        for wanted in (score_measures, rule_measures):
+            for table, asked in wanted.items():
+                measures.setdefault(table, []).extend(asked)
+        unique = {table: list(dict.fromkeys(asked)) for table, asked in measures.items()}
+        return unique, list(dict.fromkeys([*score_links, *rule_links]))
 
     def ask(self, source_for: Callable[[], Any], plan: Plan) -> None:
         """Each table's measures asked in one call, two tables at a time, each of `source_for()`."""
@@ -328,7 +324,7 @@ class GateQuestions:
 
         probe = source_for()
         with probe.connected():
-            wanted = self.of(probe, plan)
+            wanted, _ = self.questions(probe, plan)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="questions") as pool:
             for future in [pool.submit(count, table, measures) for table, measures in wanted.items()]:
                 future.result()
@@ -349,8 +345,9 @@ class GateQuestions:
 
             def questions() -> tuple[list[Any], list[Any]]:
                 """The table's measures, and the links it ends that join two tables decided by now."""
-                ends = [link for link in self.links(source, partial) if table.name in (link.child_table, link.parent_table)]
-                return self.of(source, partial).get(table.name, []), ends
+                measures, links = self.questions(source, partial)
+                ends = [link for link in links if table.name in (link.child_table, link.parent_table)]
+                return measures.get(table.name, []), ends
 
             preparer.count_ahead(table.name, questions, markers)
 

@@ -719,8 +719,7 @@ def _planned_type(rule: RuleSpec, targets: _Targets, ctx: _Context) -> dict[str,
 def _orphans(rule: RuleSpec, targets: _Targets, ctx: _Context) -> dict[str, Observation]:
     result = {}
     for child, parent, ignore in targets.links:
-        link = Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column, ignore)
-        found = ctx.measured.orphans(link)
+        found = ctx.measured.orphans(reference(child, parent, ignore))
         result[f"{child.label} -> {parent.label}"] = Observation(found.orphans, found.checked, found.examples)
     return result
 
@@ -873,28 +872,26 @@ def evaluate_rules(
     return RuleReport(tuple(results), _overall(categories), categories, tuple(applications))
 
 
-def rule_measures(
+def rule_questions(
     source: TableSource, plan: Plan, packs: Sequence[Path] | None = None, mapping: Path | None = None, *, now: datetime
-) -> dict[str, list[Measure]]:
-    """What `evaluate_rules` with the same arguments asks `source.measure`, table by table (no counting)."""
+) -> tuple[dict[str, list[Measure]], list[Link]]:
+    """What `evaluate_rules` with the same arguments asks `source`, without counting anything: the
+    measures of each table, and the references whose orphans it counts."""
     measured = _Measured(source, tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS)))
     _, evaluations = _evaluations(source, plan, packs, mapping, lambda c: _Context(c, now, measured))
-    return _wanted(evaluations)
-
-
-def rule_links(
-    source: TableSource, plan: Plan, packs: Sequence[Path] | None = None, mapping: Path | None = None, *, now: datetime
-) -> list[Link]:
-    """The references whose orphans `evaluate_rules` with the same arguments asks `source` for."""
-    measured = _Measured(source, tuple(plan.settings.get("null_markers", DEFAULT_NULL_MARKERS)))
-    _, evaluations = _evaluations(source, plan, packs, mapping, lambda c: _Context(c, now, measured))
-    return [
-        Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column, ignore)
+    links = [
+        reference(child, parent, ignore)
         for pack, _, targets in evaluations
         for rule in pack.rules
         if rule.check == "orphans" and _evaluable(rule, targets[rule.id])
         for child, parent, ignore in targets[rule.id].links
     ]
+    return _wanted(evaluations), links
+
+
+def reference(child: ColumnRef, parent: ColumnRef, ignore: tuple[str, ...] = ()) -> Link:
+    """The link from a child column to the parent column it names, under the source's names."""
+    return Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column, ignore)
 
 
 _Evaluation = tuple[RulePack, "_Context", dict[str, "_Targets"]]

@@ -30,6 +30,7 @@ from servicedesk_etl.profiling.rules import (
     is_id_like,
     key_column,
     may_hold_invalid_utf8,
+    reference,
     validate_weights,
 )
 from servicedesk_etl.profiling.sources import (
@@ -200,19 +201,12 @@ def _measure_tables(catalog: Catalog, markers: tuple[str, ...]) -> dict[str, dic
     }
 
 
-def score_measures(source: TableSource, plan: Plan) -> dict[str, list[Measure]]:
-    """What `score_quality(source, plan)` asks `source.measure`, table by table (no counting)."""
+def score_questions(source: TableSource, plan: Plan) -> tuple[dict[str, list[Measure]], list[Link]]:
+    """What `score_quality(source, plan)` asks `source`, without counting anything: the measures of
+    each table, and the references whose orphans it counts."""
     catalog = Catalog(source, plan)
-    return {catalog.physical[name]: _wanted(catalog, name) for name in catalog.tables}
-
-
-def score_links(source: TableSource, plan: Plan) -> list[Link]:
-    """The references whose orphans `score_quality(source, plan)` asks `source` for."""
-    return [_link(child, parent) for child, parent in detect_links(Catalog(source, plan))]
-
-
-def _link(child: ColumnRef, parent: ColumnRef) -> Link:
-    return Link(child.physical_table, child.physical_column, parent.physical_table, parent.physical_column)
+    measures = {catalog.physical[name]: _wanted(catalog, name) for name in catalog.tables}
+    return measures, [reference(child, parent) for child, parent in detect_links(catalog)]
 
 
 def _is_numeric_id(ref: ColumnRef) -> bool:
@@ -269,7 +263,7 @@ def _tallies(
         duplicates = 0 if key_unique else catalog.source.duplicate_rows(catalog.physical[name])
         tallies["uniqueness"].add(f"{name} (rows)", rows - duplicates, rows)
     for child, parent in detect_links(catalog):
-        found = catalog.source.orphans(_link(child, parent), markers)
+        found = catalog.source.orphans(reference(child, parent), markers)
         tallies["referential"].add(f"{child.label} -> {parent.label}", found.checked - found.orphans, found.checked)
     return tallies
 

@@ -446,10 +446,9 @@ def test_gate_questions_are_what_the_scorer_and_the_rules_ask(demo: Path) -> Non
             table, measures, _markers = question
             asked.setdefault(table, set()).update(measures)
     gate_questions = GateQuestions(rule_packs(PipelineSettings()), None, now=NOW)
-    questions = gate_questions.of(sqlite_source(demo), plan)
+    questions, links = gate_questions.questions(sqlite_source(demo), plan)
     assert {table: set(measures) for table, measures in questions.items()} == asked
     assert all(len(measures) == len(set(measures)) for measures in questions.values())  # each asked once
-    links = gate_questions.links(sqlite_source(demo), plan)
     assert links and len(links) == len(set(links))
     assert set(links) == {question[0] for kind, question, _ in recorder.calls if kind == "orphans"}
 
