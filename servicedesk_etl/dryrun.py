@@ -52,23 +52,34 @@ class DryRunReport:
 RowKey = tuple[Any, ...]
 
 
-def row_key(conn: sqlite3.Connection, table: TablePlan) -> list[str]:
-    """The SQL that identifies a row of the table: its rowid (under an alias no column shadows), or,
-    for a WITHOUT ROWID table, its primary key columns."""
+@dataclass(frozen=True)
+class RowKeySql:
+    """The SQL that identifies a row: its rowid (under an alias no column shadows), or, for a WITHOUT
+    ROWID table, its primary key columns."""
+
+    parts: tuple[str, ...]
+    rowid: bool
+
+    @property
+    def sql(self) -> str:
+        return ", ".join(self.parts)
+
+
+def row_key(conn: sqlite3.Connection, table: TablePlan) -> RowKeySql:
     columns = table_columns(conn, table.name)
     alias = rowid_expression(conn, table.name, [column.name for column in columns])
     if alias is not None:
-        return [alias]
+        return RowKeySql((alias,), rowid=True)
     key = sorted((column for column in columns if column.primary_key_position), key=lambda c: c.primary_key_position)
-    return [quote_ident(column.name) for column in key]
+    return RowKeySql(tuple(quote_ident(column.name) for column in key), rowid=False)
 
 
 def sample_rowids(conn: sqlite3.Connection, table: TablePlan, spread_rows: int) -> list[RowKey]:
     """The keys (`row_key`) of the rows worth trying: the first few rows of every odd value the profile
     saw (each counterexample, each recognised format's example), plus an even spread of the table."""
     name = quote_ident(table.name)
-    key_parts = row_key(conn, table)
-    key = ", ".join(key_parts)
+    row = row_key(conn, table)
+    key = row.sql
     chosen: set[RowKey] = set()
     for column in table.columns:
         odd = list(dict.fromkeys([*column.profile.counterexamples, *(f.example for f in column.profile.formats)]))
@@ -81,7 +92,7 @@ def sample_rowids(conn: sqlite3.Connection, table: TablePlan, spread_rows: int) 
             chosen.update(conn.execute(query, params).fetchall())
     (count,) = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
     step = max(count // max(spread_rows, 1), 1)
-    if len(key_parts) == 1 and key_parts[0] not in {quote_ident(c.name) for c in table.columns}:  # a rowid
+    if row.rowid:
         spread = f"SELECT {key} FROM {name} WHERE {key} % ? = 0 LIMIT ?"
     else:
         ranked = f"SELECT {key}, row_number() OVER (ORDER BY {key}) AS position FROM {name}"
@@ -141,9 +152,10 @@ def write_sample(
         for table in plan.tables:
             dst.execute(ddl[table.name])
             columns = ", ".join(quote_ident(column.name) for column in table.columns)
-            name, key = quote_ident(table.name), ", ".join(keys[table.name])
-            holes = ", ".join("?" for _ in keys[table.name])
-            dst.execute(f"CREATE TEMP TABLE chosen ({', '.join(f'k{n}' for n in range(len(keys[table.name])))})")
+            name, key = quote_ident(table.name), keys[table.name].sql
+            width = len(keys[table.name].parts)
+            holes = ", ".join("?" * width)
+            dst.execute(f"CREATE TEMP TABLE chosen ({', '.join(f'k{n}' for n in range(width))})")
             dst.executemany(f"INSERT INTO temp.chosen VALUES ({holes})", chosen[table.name])
             dst.execute(
                 f"INSERT INTO main.{name} ({columns}) SELECT {columns} FROM src.{name} "
