@@ -80,8 +80,9 @@ def row_batches(
     """The query's rows, `rows` at a time, read on a connection of their own (read-only, through APSW).
 
     The standard library's module releases the GIL around every column of every row it returns:
-    millions of hand-offs that cost a good part of a read and stall every other thread. APSW builds
-    a row holding the GIL, so a bulk read is faster alone and much faster beside other threads
+    millions of hand-offs that cost a good part of a read and stall every other thread. APSW releases
+    it once per row (around the step) and builds the row holding it, so a bulk read is faster alone
+    and much faster beside other threads
     (loading two tables at once, deciding one table while reading the next). Values come as the
     standard module gives them with its default text factory (int, float, str, bytes, None); its
     errors are raised as the standard module's (`sqlite3.OperationalError` for a busy or locked file,
